@@ -1,0 +1,187 @@
+//! `MemStore`: the embedded store. Conversations are spread over shards by id; each shard is
+//! one mutex over its lease table, records and idempotency entries, so Begin and Commit are
+//! atomic per conversation exactly as a Redis script is atomic per slot.
+
+use super::*;
+use crate::clock::Clock;
+use crate::lease::LeaseTable;
+use crate::sync::{lock, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Shards of the embedded store; more shards, less contention between conversations.
+pub const MEM_SHARDS: usize = 64;
+
+#[derive(Debug, Clone)]
+enum Idem {
+    InFlight { fingerprint: String, owner_token: String, expires_at_ms: u64 },
+    Completed { fingerprint: String, response: String, expires_at_ms: u64 },
+}
+
+impl Idem {
+    fn expires_at_ms(&self) -> u64 {
+        match self {
+            Idem::InFlight { expires_at_ms, .. } | Idem::Completed { expires_at_ms, .. } => *expires_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    leases: LeaseTable,
+    records: BTreeMap<String, ConversationRecord>,
+    idem: BTreeMap<String, Idem>,
+}
+
+impl Shard {
+    fn live_idem(&mut self, key: &str, now_ms: u64) -> Option<&mut Idem> {
+        if self.idem.get(key).is_some_and(|e| e.expires_at_ms() <= now_ms) {
+            self.idem.remove(key);
+        }
+        self.idem.get_mut(key)
+    }
+}
+
+pub struct MemStore {
+    clock: Arc<dyn Clock>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl MemStore {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self::with_shards(clock, MEM_SHARDS)
+    }
+
+    pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
+        assert!(shards > 0, "MemStore needs at least one shard");
+        Self { clock, shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect() }
+    }
+
+    fn shard(&self, cid: &str) -> &Mutex<Shard> {
+        // FNV-1a: stable across runs and platforms, unlike std's RandomState.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in cid.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        &self.shards[(h % self.shards.len() as u64) as usize]
+    }
+
+    pub fn create_now(&self, cid: &str, record: &ConversationRecord) -> bool {
+        let mut s = lock(self.shard(cid));
+        if s.records.contains_key(cid) {
+            return false;
+        }
+        s.records.insert(cid.to_string(), record.clone());
+        true
+    }
+
+    pub fn load_now(&self, cid: &str) -> Option<ConversationRecord> {
+        lock(self.shard(cid)).records.get(cid).cloned()
+    }
+
+    pub fn begin_now(&self, a: &BeginArgs<'_>) -> BeginOutcome {
+        let now = self.clock.now_ms();
+        let mut s = lock(self.shard(a.cid));
+        let record = match s.records.get(a.cid) {
+            Some(r) if r.owner == a.user => r.clone(),
+            _ => return BeginOutcome::NotFound,
+        };
+        match s.live_idem(a.idem_key, now) {
+            Some(Idem::InFlight { fingerprint, .. } | Idem::Completed { fingerprint, .. }) if *fingerprint != a.fingerprint => {
+                return BeginOutcome::KeyReused
+            }
+            Some(Idem::Completed { response, .. }) => return BeginOutcome::Replay { response: response.clone(), record },
+            Some(Idem::InFlight { .. }) => return BeginOutcome::InFlight,
+            None => {}
+        }
+        let lock_key = keys::lock(a.cid);
+        match s.leases.acquire(&lock_key, a.owner_token, now, a.lease_ttl_ms) {
+            Err(busy) => BeginOutcome::Busy { retry_in_ms: busy.expires_at_ms.saturating_sub(now) },
+            Ok(fence) => {
+                s.idem.insert(
+                    a.idem_key.to_string(),
+                    Idem::InFlight {
+                        fingerprint: a.fingerprint.to_string(),
+                        owner_token: a.owner_token.to_string(),
+                        expires_at_ms: now.saturating_add(a.lease_ttl_ms),
+                    },
+                );
+                BeginOutcome::Acquired { fence, record }
+            }
+        }
+    }
+
+    pub fn commit_now(&self, a: &CommitArgs<'_>) -> CommitOutcome {
+        let now = self.clock.now_ms();
+        let mut s = lock(self.shard(a.cid));
+        let lock_key = keys::lock(a.cid);
+        if !s.leases.may_commit(&lock_key, a.owner_token, a.fence, now) {
+            return CommitOutcome::Superseded;
+        }
+        let fingerprint = match s.idem.get(a.idem_key) {
+            Some(Idem::InFlight { fingerprint, .. }) | Some(Idem::Completed { fingerprint, .. }) => fingerprint.clone(),
+            None => String::new(),
+        };
+        s.records.insert(a.cid.to_string(), a.record.clone());
+        s.idem.insert(
+            a.idem_key.to_string(),
+            Idem::Completed {
+                fingerprint,
+                response: a.response.to_string(),
+                expires_at_ms: now.saturating_add(a.idempotency_ttl_ms),
+            },
+        );
+        s.leases.release(&lock_key, a.owner_token, now);
+        CommitOutcome::Committed
+    }
+
+    pub fn release_now(&self, cid: &str, owner_token: &str, idem_key: &str) -> bool {
+        let now = self.clock.now_ms();
+        let mut s = lock(self.shard(cid));
+        if matches!(s.idem.get(idem_key), Some(Idem::InFlight { owner_token: t, .. }) if t == owner_token) {
+            s.idem.remove(idem_key);
+        }
+        s.leases.release(&keys::lock(cid), owner_token, now)
+    }
+
+    pub fn extend_now(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> bool {
+        let now = self.clock.now_ms();
+        let mut s = lock(self.shard(cid));
+        let ok = s.leases.extend(&keys::lock(cid), owner_token, now, ttl_ms);
+        if ok {
+            if let Some(Idem::InFlight { owner_token: t, expires_at_ms, .. }) = s.idem.get_mut(idem_key) {
+                if t == owner_token {
+                    *expires_at_ms = now.saturating_add(ttl_ms);
+                }
+            }
+        }
+        ok
+    }
+
+    /// The current fence of a conversation (tests and models).
+    pub fn fence_now(&self, cid: &str) -> u64 {
+        lock(self.shard(cid)).leases.fence(&keys::lock(cid))
+    }
+}
+
+impl Store for MemStore {
+    async fn create(&self, cid: &str, record: &ConversationRecord) -> Result<bool, StoreError> {
+        Ok(self.create_now(cid, record))
+    }
+    async fn load(&self, cid: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self.load_now(cid))
+    }
+    async fn begin(&self, args: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        Ok(self.begin_now(args))
+    }
+    async fn commit(&self, args: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        Ok(self.commit_now(args))
+    }
+    async fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> Result<bool, StoreError> {
+        Ok(self.release_now(cid, owner_token, idem_key))
+    }
+    async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.extend_now(cid, owner_token, idem_key, ttl_ms))
+    }
+}

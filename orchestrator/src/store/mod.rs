@@ -1,0 +1,137 @@
+//! The `Store` seam: conversation state, the per-conversation lease, and the user-scoped
+//! idempotency cache.
+//!
+//! The trait is shaped for Redis: `begin` and `commit` are each one atomic step (one Lua
+//! script, one round trip), `release`/`extend`/`load`/`create` one each. `MemStore` is the
+//! embedded default; `RedisStore` (next to it) the real backend.
+//!
+//! Invariant: a commit applies only under the newest fence; every commit bumps the
+//! conversation's version by exactly one.
+
+mod mem;
+
+pub use mem::MemStore;
+
+use crate::workflow::{WorkflowState, MACHINE_VERSION};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+/// What the store keeps per conversation (the value of `state:{c:<cid>}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRecord {
+    /// The user who created it; nobody else sees it.
+    pub owner: String,
+    pub state: WorkflowState,
+    /// The fence of the lease under which this version was written (0 at creation).
+    pub writer_fence: u64,
+}
+
+/// Redis key names. All of a conversation's keys share the hash tag `{c:<cid>}` so each
+/// script touches one Redis Cluster slot; `MemStore` uses the same names.
+pub mod keys {
+    use super::MACHINE_VERSION;
+    pub fn lock(cid: &str) -> String {
+        format!("lock:{{c:{cid}}}")
+    }
+    pub fn fence(cid: &str) -> String {
+        format!("fence:{{c:{cid}}}")
+    }
+    pub fn state(cid: &str) -> String {
+        format!("state:{{c:{cid}}}")
+    }
+    /// The idempotency entry: scoped by conversation, user, and machine version.
+    pub fn idem(cid: &str, user: &str, key: &str) -> String {
+        format!("idem:{{c:{cid}}}:{user}:{MACHINE_VERSION}:{key}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeginArgs<'a> {
+    pub cid: &'a str,
+    pub user: &'a str,
+    /// Full key from [`keys::idem`].
+    pub idem_key: &'a str,
+    /// Hash of what the request asks for; the same key with another fingerprint is a 422.
+    pub fingerprint: &'a str,
+    /// Random per attempt; proves lease ownership on extend, release and commit.
+    pub owner_token: &'a str,
+    pub lease_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginOutcome {
+    /// We hold the lease under `fence`; `record` is the state as loaded in the same step.
+    Acquired { fence: u64, record: ConversationRecord },
+    /// The key completed before: its stored response, with the conversation as it is now.
+    Replay { response: String, record: ConversationRecord },
+    /// The same key is being worked on (until its lease expires).
+    InFlight,
+    /// The same key came with a different request.
+    KeyReused,
+    /// Another turn holds the lease; it expires in `retry_in_ms` unless extended.
+    Busy { retry_in_ms: u64 },
+    /// No such conversation, or not this user's.
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitArgs<'a> {
+    pub cid: &'a str,
+    pub owner_token: &'a str,
+    pub fence: u64,
+    /// The new record; its `state.version` must be the loaded version + 1 and its
+    /// `writer_fence` our fence.
+    pub record: &'a ConversationRecord,
+    pub idem_key: &'a str,
+    pub response: &'a str,
+    pub idempotency_ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// A later lease was taken: nothing was written.
+    Superseded,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store reply not understood: {0}")]
+    Protocol(String),
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Creates a conversation; false if the id exists.
+    fn create(&self, cid: &str, record: &ConversationRecord) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn load(&self, cid: &str) -> impl Future<Output = Result<Option<ConversationRecord>, StoreError>> + Send;
+    fn begin(&self, args: &BeginArgs<'_>) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send;
+    fn commit(&self, args: &CommitArgs<'_>) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+    /// Compare-and-delete of the lease, and of the key's in-flight marker if it is ours.
+    fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Compare-and-extend of the lease and the in-flight marker.
+    fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+impl<S: Store> Store for std::sync::Arc<S> {
+    fn create(&self, cid: &str, record: &ConversationRecord) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).create(cid, record)
+    }
+    fn load(&self, cid: &str) -> impl Future<Output = Result<Option<ConversationRecord>, StoreError>> + Send {
+        (**self).load(cid)
+    }
+    fn begin(&self, args: &BeginArgs<'_>) -> impl Future<Output = Result<BeginOutcome, StoreError>> + Send {
+        (**self).begin(args)
+    }
+    fn commit(&self, args: &CommitArgs<'_>) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send {
+        (**self).commit(args)
+    }
+    fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).release(cid, owner_token, idem_key)
+    }
+    fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).extend(cid, owner_token, idem_key, ttl_ms)
+    }
+}

@@ -1,0 +1,499 @@
+//! The orchestrate operation: one turn of one conversation, generic over the seams.
+//!
+//! Begin (one store step) → ownership → Copilot on the loaded context, lease extended while
+//! it runs → extract → machine → Commit under our fence (one store step) → effects. See
+//! DESIGN.md "One turn".
+//!
+//! Invariants: no wall clock, no OS randomness (both injected); a turn that cannot prove it
+//! still owns the newest lease writes nothing and answers `Unavailable` (503).
+
+use crate::clock::Clock;
+use crate::context::{self, Context};
+use crate::copilot::{Copilot, CopilotRequest};
+use crate::effects::{submission_key, Effects, SubmitOutcome, Submission};
+use crate::extract::extract;
+use crate::rng::SeededRng;
+use crate::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store};
+use crate::workflow::{self, apply_turn, reply_text, Command, Event, Step, WorkflowState};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest query accepted, in bytes.
+pub const QUERY_BYTES_MAX: usize = 4096;
+/// Longest idempotency key accepted, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// Longest conversation id accepted, in bytes.
+pub const CONVERSATION_ID_BYTES_MAX: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnConfig {
+    pub lease_ttl_ms: u64,
+    /// How long Begin retries a busy lease before answering 503.
+    pub acquire_deadline_ms: u64,
+    pub acquire_backoff_base_ms: u64,
+    pub acquire_backoff_max_ms: u64,
+    /// Deadline for the Copilot call; the lease is extended while it runs.
+    pub copilot_timeout_ms: u64,
+    /// Extend the lease every this many ms during the Copilot call; 0 never extends.
+    pub lease_extend_every_ms: u64,
+    pub idempotency_ttl_ms: u64,
+    /// What a 503 tells clients to wait.
+    pub retry_after_s: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl_ms: 6_000,
+            acquire_deadline_ms: 3_000,
+            acquire_backoff_base_ms: 2,
+            acquire_backoff_max_ms: 100,
+            copilot_timeout_ms: 10_000,
+            lease_extend_every_ms: 2_000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl TurnConfig {
+    /// Checks the relations between bounds that the protocol relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_ttl_ms == 0 {
+            return Err("lease_ttl_ms must be > 0".into());
+        }
+        if self.lease_extend_every_ms >= self.lease_ttl_ms {
+            return Err(format!(
+                "lease_extend_every_ms ({}) must be below lease_ttl_ms ({}) or the lease lapses between extensions",
+                self.lease_extend_every_ms, self.lease_ttl_ms
+            ));
+        }
+        if self.acquire_backoff_base_ms == 0 || self.acquire_backoff_max_ms < self.acquire_backoff_base_ms {
+            return Err("acquire backoff must be 0 < base <= max".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnRequest {
+    pub conversation_id: String,
+    pub user: String,
+    pub idempotency_key: String,
+    pub query: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Extracted {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confidence: Option<workflow::Confidence>,
+}
+
+impl From<&Event> for Extracted {
+    fn from(e: &Event) -> Self {
+        let mut x = Extracted { kind: String::new(), field: None, value: None, confidence: None };
+        match e {
+            Event::FieldExtracted { field, value, confidence } => {
+                x.kind = "field".into();
+                x.field = Some(field.clone());
+                x.value = Some(value.clone());
+                x.confidence = Some(*confidence);
+            }
+            Event::Confirmed => x.kind = "confirmed".into(),
+            Event::Declined => x.kind = "declined".into(),
+            Event::NoSignal => x.kind = "no_signal".into(),
+        }
+        x
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnResponse {
+    pub conversation_id: String,
+    /// The turn number this answer belongs to (1-based).
+    pub turn: u32,
+    pub reply: String,
+    pub extracted: Vec<Extracted>,
+    pub workflow_state: WorkflowState,
+    pub replayed: bool,
+}
+
+/// Why a turn answered 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    LockBusy,
+    LeaseLost,
+    Store,
+    Copilot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TurnError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("conversation not found")]
+    NotFound,
+    #[error("a request with this idempotency key is in flight")]
+    InFlight,
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    #[error("temporarily unavailable ({reason:?}); retry after {retry_after_s}s")]
+    Unavailable { reason: Unavailable, retry_after_s: u64 },
+}
+
+/// What the orchestrator tells an observer (the simulation's history); production leaves it
+/// empty and relies on tracing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    LeaseTaken { cid: String, user: String, idem_key: String, fence: u64, version: u64 },
+    LeaseLost { cid: String, fence: u64 },
+    CopilotCalled { cid: String, fence: u64, ok: bool },
+    Transition { cid: String, user: String, fence: u64, from: Step, to: Step, events: Vec<Event> },
+    Committed { cid: String, user: String, idem_key: String, fence: u64, version: u64, state: WorkflowState },
+    CommitRejected { cid: String, fence: u64 },
+    Replayed { cid: String, user: String, idem_key: String, version: u64 },
+    Submitted { cid: String, key: String, duplicate: bool },
+}
+
+pub trait Observer: Send + Sync + 'static {
+    fn event(&self, ev: ServerEvent);
+}
+
+pub struct Orchestrator<S, C, E> {
+    pub store: S,
+    pub copilot: C,
+    pub effects: E,
+    pub clock: Arc<dyn Clock>,
+    pub rng: SeededRng,
+    pub config: TurnConfig,
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+pub fn valid_idempotency_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= IDEMPOTENCY_KEY_BYTES_MAX
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+pub fn valid_conversation_id(k: &str) -> bool {
+    !k.is_empty() && k.len() <= CONVERSATION_ID_BYTES_MAX && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// What the request asks for; the same idempotency key with another fingerprint is a 422.
+pub fn fingerprint(cid: &str, query: &str) -> String {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(cid.as_bytes());
+    h.update(&[0]);
+    h.update(query.as_bytes());
+    h.digest().to_string()
+}
+
+impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
+    pub fn new(store: S, copilot: C, effects: E, clock: Arc<dyn Clock>, rng: SeededRng, config: TurnConfig) -> Self {
+        Self { store, copilot, effects, clock, rng, config, observer: None }
+    }
+
+    pub fn with_observer(mut self, o: Arc<dyn Observer>) -> Self {
+        self.observer = Some(o);
+        self
+    }
+
+    fn emit(&self, ev: impl FnOnce() -> ServerEvent) {
+        if let Some(o) = &self.observer {
+            o.event(ev());
+        }
+    }
+
+    fn unavailable(&self, reason: Unavailable) -> TurnError {
+        TurnError::Unavailable { reason, retry_after_s: self.config.retry_after_s }
+    }
+
+    /// Creates a conversation owned by `user`; returns its new, unguessable id.
+    pub async fn create(&self, user: &str, workflow_name: &str) -> Result<String, TurnError> {
+        let wf = workflow::workflow(workflow_name)
+            .ok_or_else(|| TurnError::BadRequest(format!("unknown workflow {workflow_name:?}")))?;
+        let record = ConversationRecord { owner: user.to_string(), state: WorkflowState::new(wf), writer_fence: 0 };
+        // 128 random bits never collide in practice; a collision is retried a bounded number
+        // of times rather than overwriting someone's conversation.
+        const CREATE_ATTEMPTS_MAX: u32 = 4;
+        for _ in 0..CREATE_ATTEMPTS_MAX {
+            let cid = self.rng.hex128();
+            match self.store.create(&cid, &record).await {
+                Ok(true) => {
+                    tracing::info!(cid = %cid, user, workflow = wf.name, "conversation created");
+                    return Ok(cid);
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "create failed");
+                    return Err(self.unavailable(Unavailable::Store));
+                }
+            }
+        }
+        Err(self.unavailable(Unavailable::Store))
+    }
+
+    /// The conversation's current state, for its owner only.
+    pub async fn get(&self, user: &str, cid: &str) -> Result<WorkflowState, TurnError> {
+        if !valid_conversation_id(cid) {
+            return Err(TurnError::NotFound);
+        }
+        match self.store.load(cid).await {
+            Ok(Some(r)) if r.owner == user => Ok(r.state),
+            Ok(_) => Err(TurnError::NotFound),
+            Err(_) => Err(self.unavailable(Unavailable::Store)),
+        }
+    }
+
+    pub async fn turn(&self, req: &TurnRequest) -> Result<TurnResponse, TurnError> {
+        if !valid_conversation_id(&req.conversation_id) {
+            return Err(TurnError::NotFound);
+        }
+        if !valid_idempotency_key(&req.idempotency_key) {
+            return Err(TurnError::BadRequest(format!(
+                "Idempotency-Key must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes of [A-Za-z0-9._:-]"
+            )));
+        }
+        if req.query.len() > QUERY_BYTES_MAX {
+            return Err(TurnError::BadRequest(format!("query is over {QUERY_BYTES_MAX} bytes")));
+        }
+        let cid = req.conversation_id.as_str();
+        let idem_key = keys::idem(cid, &req.user, &req.idempotency_key);
+        let fp = fingerprint(cid, &req.query);
+        let owner_token = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
+        let args = BeginArgs {
+            cid,
+            user: &req.user,
+            idem_key: &idem_key,
+            fingerprint: &fp,
+            owner_token: &owner_token,
+            lease_ttl_ms: self.config.lease_ttl_ms,
+        };
+
+        // 1. Begin, retrying a busy lease with jittered exponential backoff until the deadline.
+        let started_ms = self.clock.now_ms();
+        let mut backoff_ms = self.config.acquire_backoff_base_ms;
+        let (fence, record) = loop {
+            let outcome = self.store.begin(&args).await.map_err(|e| {
+                tracing::warn!(cid, error = %e, "begin failed");
+                self.unavailable(Unavailable::Store)
+            })?;
+            match outcome {
+                BeginOutcome::Acquired { fence, record } => break (fence, record),
+                BeginOutcome::Replay { response, record } => return self.replay(req, &idem_key, &response, record),
+                BeginOutcome::InFlight => return Err(TurnError::InFlight),
+                BeginOutcome::KeyReused => return Err(TurnError::KeyReused),
+                BeginOutcome::NotFound => return Err(TurnError::NotFound),
+                BeginOutcome::Busy { retry_in_ms } => {
+                    let waited = self.clock.now_ms().saturating_sub(started_ms);
+                    if waited >= self.config.acquire_deadline_ms {
+                        return Err(self.unavailable(Unavailable::LockBusy));
+                    }
+                    let jittered = backoff_ms / 2 + self.rng.below(backoff_ms / 2 + 1);
+                    let sleep = jittered.min(retry_in_ms.max(1)).min(self.config.acquire_deadline_ms - waited).max(1);
+                    tokio::time::sleep(Duration::from_millis(sleep)).await;
+                    backoff_ms = (backoff_ms * 2).min(self.config.acquire_backoff_max_ms);
+                }
+            }
+        };
+        self.emit(|| ServerEvent::LeaseTaken {
+            cid: cid.into(),
+            user: req.user.clone(),
+            idem_key: idem_key.clone(),
+            fence,
+            version: record.state.version,
+        });
+
+        // 2.–5. Everything after Begin releases the lease on failure.
+        match self.locked_turn(req, &idem_key, &owner_token, fence, record).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if let Err(err) = self.store.release(cid, &owner_token, &idem_key).await {
+                    // The lease and the in-flight marker expire on their own.
+                    tracing::warn!(cid, error = %err, "release after failure failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn locked_turn(
+        &self,
+        req: &TurnRequest,
+        idem_key: &str,
+        owner_token: &str,
+        fence: u64,
+        record: ConversationRecord,
+    ) -> Result<TurnResponse, TurnError> {
+        let cid = req.conversation_id.as_str();
+        // 3. Copilot on the context built from the loaded state.
+        let ctx = Context::from_state(&record.state, &req.query);
+        let creq = CopilotRequest { conversation_id: cid.into(), user_id: req.user.clone(), text: context::build(&ctx) };
+        let reply = self.call_copilot(&creq, cid, owner_token, idem_key, fence).await?;
+        let wf = workflow::workflow(&record.state.workflow).ok_or(TurnError::NotFound)?;
+
+        // 4. Extract → events → machine.
+        let events = extract(&reply, wf);
+        let outcome = apply_turn(&record.state, &events);
+        let mut next = record.clone();
+        next.state = outcome.state.clone();
+        next.state.version = record.state.version + 1;
+        next.writer_fence = fence;
+        for r in &outcome.rejected {
+            tracing::info!(cid, user = %req.user, rejected = %r, "event rejected by the machine");
+        }
+        tracing::info!(cid, user = %req.user, fence, from = record.state.step.as_str(), to = next.state.step.as_str(),
+            version = next.state.version, "transition");
+        self.emit(|| ServerEvent::Transition {
+            cid: cid.into(),
+            user: req.user.clone(),
+            fence,
+            from: record.state.step,
+            to: next.state.step,
+            events: events.clone(),
+        });
+
+        let response = TurnResponse {
+            conversation_id: cid.into(),
+            turn: next.state.turns,
+            reply: reply_text(&outcome),
+            extracted: events.iter().map(Extracted::from).collect(),
+            workflow_state: next.state.clone(),
+            replayed: false,
+        };
+        let body = serde_json::to_string(&response).map_err(|e| TurnError::BadRequest(e.to_string()))?;
+
+        // 5. Commit under our fence.
+        let commit = CommitArgs {
+            cid,
+            owner_token,
+            fence,
+            record: &next,
+            idem_key,
+            response: &body,
+            idempotency_ttl_ms: self.config.idempotency_ttl_ms,
+        };
+        match self.store.commit(&commit).await {
+            Ok(CommitOutcome::Committed) => {}
+            Ok(CommitOutcome::Superseded) => {
+                tracing::warn!(cid, fence, "commit rejected: a later lease was taken");
+                self.emit(|| ServerEvent::CommitRejected { cid: cid.into(), fence });
+                return Err(self.unavailable(Unavailable::LeaseLost));
+            }
+            Err(e) => {
+                tracing::warn!(cid, error = %e, "commit failed");
+                return Err(self.unavailable(Unavailable::Store));
+            }
+        }
+        self.emit(|| ServerEvent::Committed {
+            cid: cid.into(),
+            user: req.user.clone(),
+            idem_key: idem_key.into(),
+            fence,
+            version: next.state.version,
+            state: next.state.clone(),
+        });
+
+        // Effects only after the commit that made the transition durable.
+        if record.state.step != Step::Succeeded && outcome.commands.contains(&Command::Submit) {
+            self.submit(cid, &next).await;
+        }
+        Ok(response)
+    }
+
+    async fn call_copilot(
+        &self,
+        creq: &CopilotRequest,
+        cid: &str,
+        owner_token: &str,
+        idem_key: &str,
+        fence: u64,
+    ) -> Result<crate::copilot::CopilotReply, TurnError> {
+        let call = tokio::time::timeout(Duration::from_millis(self.config.copilot_timeout_ms), self.copilot.reply(creq));
+        tokio::pin!(call);
+        let every = self.config.lease_extend_every_ms;
+        loop {
+            let tick = async {
+                if every == 0 {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep(Duration::from_millis(every)).await
+                }
+            };
+            tokio::select! {
+                biased;
+                r = &mut call => {
+                    let ok = matches!(r, Ok(Ok(_)));
+                    self.emit(|| ServerEvent::CopilotCalled { cid: cid.into(), fence, ok });
+                    return match r {
+                        Ok(Ok(reply)) => Ok(reply),
+                        Ok(Err(e)) => {
+                            tracing::warn!(cid, error = %e, "copilot failed");
+                            Err(self.unavailable(Unavailable::Copilot))
+                        }
+                        Err(_) => {
+                            tracing::warn!(cid, timeout_ms = self.config.copilot_timeout_ms, "copilot timed out");
+                            Err(self.unavailable(Unavailable::Copilot))
+                        }
+                    };
+                }
+                _ = tick => {
+                    match self.store.extend(cid, owner_token, idem_key, self.config.lease_ttl_ms).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(cid, fence, "lease lost during the copilot call");
+                            self.emit(|| ServerEvent::LeaseLost { cid: cid.into(), fence });
+                            return Err(self.unavailable(Unavailable::LeaseLost));
+                        }
+                        Err(e) => {
+                            tracing::warn!(cid, error = %e, "extend failed");
+                            return Err(self.unavailable(Unavailable::Store));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn replay(&self, req: &TurnRequest, idem_key: &str, stored: &str, record: ConversationRecord) -> Result<TurnResponse, TurnError> {
+        let mut resp: TurnResponse = serde_json::from_str(stored).map_err(|_| self.unavailable(Unavailable::Store))?;
+        // The stored answer, but the state as it is now: a replay never shows stale state.
+        resp.workflow_state = record.state;
+        resp.replayed = true;
+        self.emit(|| ServerEvent::Replayed {
+            cid: req.conversation_id.clone(),
+            user: req.user.clone(),
+            idem_key: idem_key.into(),
+            version: resp.workflow_state.version,
+        });
+        Ok(resp)
+    }
+
+    async fn submit(&self, cid: &str, record: &ConversationRecord) {
+        let s = Submission {
+            idempotency_key: submission_key(cid),
+            conversation_id: cid.into(),
+            user: record.owner.clone(),
+            workflow: record.state.workflow.clone(),
+            data: record.state.collected_data.clone(),
+        };
+        match self.effects.submit(&s).await {
+            Ok(outcome) => {
+                let duplicate = outcome == SubmitOutcome::Duplicate;
+                tracing::info!(cid, duplicate, "submitted");
+                self.emit(|| ServerEvent::Submitted { cid: cid.into(), key: s.idempotency_key.clone(), duplicate });
+            }
+            // The conversation stays succeeded; the submission is retried by whoever repairs
+            // effects from the store (not yet built: see ARCHITECTURE.md).
+            Err(e) => tracing::error!(cid, error = %e, "submission failed"),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Named scenarios and the swarm generator for the harness (issue 4).
