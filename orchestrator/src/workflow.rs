@@ -77,6 +77,12 @@ pub struct Workflow {
 pub const WORKFLOWS: &[Workflow] = &[
     Workflow { name: "lead", version: 1, required: &["email", "phone", "company"] },
     Workflow { name: "payment", version: 1, required: &["payment_method", "amount"] },
+    // Ten fields: the concurrency tests drive one turn per field at once.
+    Workflow {
+        name: "profile",
+        version: 1,
+        required: &["name", "email", "phone", "company", "title", "country", "city", "street", "zip", "language"],
+    },
 ];
 
 pub fn workflow(name: &str) -> Option<&'static Workflow> {

@@ -1,0 +1,104 @@
+//! `orchestrator serve`: the reference orchestrator as an HTTP server.
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use orchestrator::http::{router, serve, Api};
+use orchestrator::net::TcpConnector;
+use orchestrator::{Copilot, HttpCopilot, MemStore, Orchestrator, RecordingEffects, ScriptedCopilot, SeededRng, Store, SystemClock, TurnConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "orchestrator", about = "Reference workflow orchestrator for agentic chat apps")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// A bearer token and the user it stands for, as TOKEN=USER; repeatable.
+    #[arg(long = "token", value_name = "TOKEN=USER", required = true)]
+    tokens: Vec<String>,
+    /// Lease time-to-live in milliseconds.
+    #[arg(long, default_value_t = TurnConfig::default().lease_ttl_ms)]
+    lease_ttl_ms: u64,
+    /// `scripted` or the URL of a Copilot speaking the JSON contract (http://host:port/path).
+    #[arg(long, default_value = "scripted")]
+    copilot: String,
+    /// Copilot request deadline in milliseconds.
+    #[arg(long, default_value_t = TurnConfig::default().copilot_timeout_ms)]
+    copilot_timeout_ms: u64,
+    /// `memory` (embedded) or a Redis URL (redis://host:port).
+    #[arg(long, default_value = "memory")]
+    store: String,
+}
+
+fn parse_tokens(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut tokens = BTreeMap::new();
+    for t in raw {
+        let Some((token, user)) = t.split_once('=') else {
+            bail!("--token {t:?}: expected TOKEN=USER, e.g. --token demo=alice");
+        };
+        if token.is_empty() || user.is_empty() || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            bail!("--token {t:?}: token must be non-empty and the user 1+ characters of [A-Za-z0-9_-]");
+        }
+        if tokens.insert(token.to_string(), user.to_string()).is_some() {
+            bail!("--token {token:?} given twice");
+        }
+    }
+    Ok(tokens)
+}
+
+async fn run<S: Store, C: Copilot>(args: &ServeArgs, store: S, copilot: C, config: TurnConfig) -> anyhow::Result<()> {
+    let tokens = parse_tokens(&args.tokens)?;
+    // The production seed comes from the OS once; everything after is a ChaCha stream.
+    let seed: u64 = rand::random();
+    let orch = Orchestrator::new(store, copilot, RecordingEffects::new(), Arc::new(SystemClock), SeededRng::from_seed(seed), config);
+    let api = Arc::new(Api { orchestrator: orch, tokens });
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, store = %args.store, copilot = %args.copilot, "serving");
+    eprintln!("orchestrator listening on http://{}", listener.local_addr()?);
+    serve(listener, router(api)).await;
+    Ok(())
+}
+
+async fn serve_cmd(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = TurnConfig { lease_ttl_ms: args.lease_ttl_ms, copilot_timeout_ms: args.copilot_timeout_ms, ..TurnConfig::default() };
+    config.lease_extend_every_ms = (args.lease_ttl_ms / 3).max(1).min(args.lease_ttl_ms.saturating_sub(1));
+    if let Err(e) = config.validate() {
+        bail!("invalid lease settings: {e}");
+    }
+    if args.store != "memory" {
+        bail!("--store {:?}: only `memory` is supported by this build", args.store);
+    }
+    let store = MemStore::new(Arc::new(SystemClock));
+    if args.copilot == "scripted" {
+        run(&args, store, ScriptedCopilot::new(), config).await
+    } else {
+        let c = HttpCopilot::new(TcpConnector, &args.copilot, args.copilot_timeout_ms)
+            .map_err(|e| anyhow::anyhow!("--copilot {:?}: {e} (expected `scripted` or http://host:port/path)", args.copilot))?;
+        run(&args, store, c, config).await
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Serve(args) => rt.block_on(serve_cmd(args)),
+    }
+}

@@ -1,0 +1,423 @@
+//! Integration tests of the reference orchestrator on the embedded store: the turn protocol
+//! under concurrency and faults, and the HTTP API on loopback. Each test is named after the
+//! property it proves.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use orchestrator::copilot::{CopilotError, CopilotReply, CopilotRequest};
+use orchestrator::http::{router, serve, Api, REQUEST_BODY_BYTES_MAX};
+use orchestrator::store::{BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, StoreError};
+use orchestrator::turn::{ServerEvent, Unavailable};
+use orchestrator::workflow::Step;
+use orchestrator::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Orch<S, C> = Orchestrator<S, Arc<C>, Arc<RecordingEffects>>;
+
+#[derive(Default)]
+struct Events(Mutex<Vec<ServerEvent>>);
+impl turn::Observer for Events {
+    fn event(&self, ev: ServerEvent) {
+        self.0.lock().unwrap().push(ev);
+    }
+}
+impl Events {
+    fn commits(&self) -> usize {
+        self.0.lock().unwrap().iter().filter(|e| matches!(e, ServerEvent::Committed { .. })).count()
+    }
+}
+
+fn orch<S: Store, C: Copilot>(store: S, copilot: Arc<C>, clock: Arc<dyn Clock>, seed: u64, config: TurnConfig) -> Orch<S, C> {
+    Orchestrator::new(store, copilot, Arc::new(RecordingEffects::new()), clock, SeededRng::from_seed(seed), config)
+}
+
+fn req(cid: &str, user: &str, key: &str, query: &str) -> TurnRequest {
+    TurnRequest { conversation_id: cid.into(), user: user.into(), idempotency_key: key.into(), query: query.into() }
+}
+
+/// Sends a turn, retrying 503s with the same key like a real client; returns the final answer.
+async fn drive<S: Store, C: Copilot>(o: &Orch<S, C>, r: &TurnRequest) -> Result<TurnResponse, TurnError> {
+    const RETRIES_MAX: u32 = 200;
+    for _ in 0..RETRIES_MAX {
+        match o.turn(r).await {
+            Err(TurnError::Unavailable { .. }) | Err(TurnError::InFlight) => tokio::time::sleep(Duration::from_millis(5)).await,
+            other => return other,
+        }
+    }
+    o.turn(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_turns_on_one_conversation_lose_no_field_and_version_counts_commits() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let copilot = Arc::new(ScriptedCopilot::new());
+    copilot.set_delay_ms(3);
+    let events = Arc::new(Events::default());
+    let o = Arc::new(orch(store.clone(), copilot, clock, 1, TurnConfig::default()).with_observer(events.clone()));
+    let cid = o.create("alice", "profile").await.unwrap();
+    let fields = workflow::workflow("profile").unwrap().required;
+    assert_eq!(fields.len(), 10);
+    let mut tasks = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let (o, cid) = (o.clone(), cid.clone());
+        let q = format!("{f} is value-{i}");
+        tasks.push(tokio::spawn(async move { drive(&o, &req(&cid, "alice", &format!("k{i}"), &q)).await }));
+    }
+    let mut acknowledged = BTreeMap::new();
+    for t in tasks {
+        let resp = t.await.unwrap().expect("every turn eventually succeeds");
+        for x in resp.extracted {
+            acknowledged.insert(x.field.unwrap(), x.value.unwrap());
+        }
+    }
+    let fin = store.load_now(&cid).unwrap().state;
+    assert_eq!(acknowledged.len(), 10);
+    for (f, v) in &acknowledged {
+        assert_eq!(fin.collected_data.get(f), Some(v), "acknowledged field {f} lost");
+    }
+    assert_eq!(fin.version as usize, events.commits(), "version must equal the number of successful commits");
+    assert_eq!(fin.version, 10);
+    assert_eq!(fin.step, Step::Confirming);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_copilot_past_lease_ttl_late_commit_is_rejected_and_no_acknowledged_field_lost() {
+    // Worker A holds a 2000 ms lease without extending it and its Copilot takes 3000 ms;
+    // worker B takes the expired lease at 2500 ms and commits. A's commit must be refused.
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let slow = Arc::new(ScriptedCopilot::new());
+    slow.set_delay_ms(3000);
+    let fast = Arc::new(ScriptedCopilot::new());
+    let cfg = TurnConfig { lease_ttl_ms: 2000, lease_extend_every_ms: 0, ..TurnConfig::default() };
+    let events = Arc::new(Events::default());
+    let a = Arc::new(orch(store.clone(), slow, clock.clone(), 1, cfg.clone()).with_observer(events.clone()));
+    let b = orch(store.clone(), fast, clock.clone(), 2, cfg).with_observer(events.clone());
+    let cid = a.create("alice", "lead").await.unwrap();
+
+    let (a2, cid2) = (a.clone(), cid.clone());
+    let late = tokio::spawn(async move { a2.turn(&req(&cid2, "alice", "ka", "email is a@x.io")).await });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let on_time = b.turn(&req(&cid, "alice", "kb", "phone is 555")).await.expect("B gets the expired lease");
+    assert_eq!(on_time.workflow_state.version, 1);
+    let late = late.await.unwrap();
+    assert_eq!(late, Err(TurnError::Unavailable { reason: Unavailable::LeaseLost, retry_after_s: 1 }));
+
+    let fin = store.load_now(&cid).unwrap();
+    assert_eq!(fin.state.collected_data.get("phone").map(String::as_str), Some("555"), "acknowledged field lost");
+    assert!(!fin.state.collected_data.contains_key("email"), "a rejected commit wrote state");
+    assert_eq!(fin.state.version, 1);
+    assert_eq!(fin.writer_fence, 2);
+    let rejected: Vec<_> = events.0.lock().unwrap().iter().filter(|e| matches!(e, ServerEvent::CommitRejected { fence: 1, .. })).cloned().collect();
+    assert_eq!(rejected.len(), 1);
+
+    // A's client retries with the same key: the in-flight marker was released, so it runs anew.
+    let retried = a.turn(&req(&cid, "alice", "ka", "email is a@x.io")).await.unwrap();
+    assert!(!retried.replayed);
+    assert_eq!(retried.workflow_state.collected_data.len(), 2);
+    assert_eq!(retried.workflow_state.version, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_copilot_with_lease_extension_keeps_the_lease_and_the_other_worker_waits() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let slow = Arc::new(ScriptedCopilot::new());
+    slow.set_delay_ms(3000);
+    let cfg = TurnConfig { lease_ttl_ms: 2000, lease_extend_every_ms: 600, acquire_deadline_ms: 5000, ..TurnConfig::default() };
+    let a = Arc::new(orch(store.clone(), slow, clock.clone(), 1, cfg.clone()));
+    let b = orch(store.clone(), Arc::new(ScriptedCopilot::new()), clock.clone(), 2, cfg);
+    let cid = a.create("alice", "lead").await.unwrap();
+    let (a2, cid2) = (a.clone(), cid.clone());
+    let first = tokio::spawn(async move { a2.turn(&req(&cid2, "alice", "ka", "email is a@x.io")).await });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let second = b.turn(&req(&cid, "alice", "kb", "phone is 555")).await.unwrap();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.workflow_state.version, 1);
+    assert_eq!(second.workflow_state.version, 2);
+    assert_eq!(second.workflow_state.collected_data.len(), 2);
+}
+
+#[tokio::test]
+async fn same_request_twice_calls_copilot_once_and_replays_the_second() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let o = orch(store.clone(), copilot.clone(), clock, 1, TurnConfig::default());
+    let cid = o.create("alice", "lead").await.unwrap();
+    let r = req(&cid, "alice", "k1", "email is a@x.io");
+    let first = o.turn(&r).await.unwrap();
+    let second = o.turn(&r).await.unwrap();
+    assert_eq!(copilot.calls(), 1);
+    assert!(!first.replayed);
+    assert!(second.replayed);
+    assert_eq!(second.reply, first.reply);
+    assert_eq!(second.workflow_state, first.workflow_state);
+}
+
+#[tokio::test]
+async fn replay_after_the_state_advanced_returns_the_current_state() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let o = orch(store.clone(), Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let cid = o.create("alice", "lead").await.unwrap();
+    let r1 = req(&cid, "alice", "k1", "email is a@x.io");
+    o.turn(&r1).await.unwrap();
+    o.turn(&req(&cid, "alice", "k2", "phone is 555")).await.unwrap();
+    let replay = o.turn(&r1).await.unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.workflow_state.version, 2, "replay must show the current state, not the cached one");
+    assert_eq!(replay.workflow_state.collected_data.get("phone").map(String::as_str), Some("555"));
+    assert_eq!(replay.turn, 1, "the reply itself is the stored one");
+}
+
+#[tokio::test]
+async fn same_key_with_a_different_body_is_rejected_as_key_reused() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let o = orch(Arc::new(MemStore::new(clock.clone())), Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let cid = o.create("alice", "lead").await.unwrap();
+    o.turn(&req(&cid, "alice", "k1", "email is a@x.io")).await.unwrap();
+    assert_eq!(o.turn(&req(&cid, "alice", "k1", "email is b@x.io")).await, Err(TurnError::KeyReused));
+}
+
+#[tokio::test]
+async fn two_users_same_idempotency_key_get_isolated_answers() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let o = orch(Arc::new(MemStore::new(clock.clone())), copilot.clone(), clock, 1, TurnConfig::default());
+    let ca = o.create("alice", "lead").await.unwrap();
+    let cb = o.create("bob", "lead").await.unwrap();
+    let ra = o.turn(&req(&ca, "alice", "same-key", "email is alice@x.io")).await.unwrap();
+    let rb = o.turn(&req(&cb, "bob", "same-key", "email is bob@x.io")).await.unwrap();
+    assert!(!rb.replayed, "bob must not get alice's cached answer");
+    assert_eq!(copilot.calls(), 2);
+    assert_eq!(ra.workflow_state.collected_data["email"], "alice@x.io");
+    assert_eq!(rb.workflow_state.collected_data["email"], "bob@x.io");
+    assert_eq!(rb.conversation_id, cb);
+}
+
+#[tokio::test]
+async fn another_users_conversation_is_not_found_for_read_and_turn() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let o = orch(Arc::new(MemStore::new(clock.clone())), copilot.clone(), clock, 1, TurnConfig::default());
+    let ca = o.create("alice", "lead").await.unwrap();
+    let r = req(&ca, "alice", "k1", "email is alice@x.io");
+    o.turn(&r).await.unwrap();
+    assert_eq!(o.get("bob", &ca).await, Err(TurnError::NotFound));
+    // Same key and body as alice's completed turn: still nothing of alice's comes back.
+    assert_eq!(o.turn(&req(&ca, "bob", "k1", "email is alice@x.io")).await, Err(TurnError::NotFound));
+    assert_eq!(o.turn(&req(&ca, "bob", "k2", "email is bob@x.io")).await, Err(TurnError::NotFound));
+    assert_eq!(o.get("alice", "no-such-conversation").await, Err(TurnError::NotFound));
+    assert_eq!(copilot.calls(), 1);
+    assert_eq!(o.get("alice", &ca).await.unwrap().collected_data["email"], "alice@x.io");
+}
+
+#[tokio::test]
+async fn low_confidence_never_sets_a_field_and_four_no_signal_turns_end_in_needs_human() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let o = orch(Arc::new(MemStore::new(clock.clone())), Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let cid = o.create("alice", "lead").await.unwrap();
+    let queries = ["maybe email is a@x.io", "hmm", "maybe phone is 1", "what?"];
+    let mut last = None;
+    for (i, q) in queries.iter().enumerate() {
+        let r = o.turn(&req(&cid, "alice", &format!("k{i}"), q)).await.unwrap();
+        assert!(r.workflow_state.collected_data.is_empty(), "low confidence set a field: {r:?}");
+        if i < 3 {
+            assert_eq!(r.workflow_state.step, Step::Gathering);
+            assert_eq!(r.workflow_state.no_signal_streak, i as u32 + 1);
+        }
+        last = Some(r);
+    }
+    assert_eq!(last.unwrap().workflow_state.step, Step::NeedsHuman);
+}
+
+#[tokio::test]
+async fn state_is_loaded_from_the_store_before_the_machine_runs() {
+    // Two workers; B advances the conversation; A's next Copilot context must show B's data.
+    struct Capturing(Mutex<Vec<String>>);
+    impl Copilot for Capturing {
+        async fn reply(&self, r: &CopilotRequest) -> Result<CopilotReply, CopilotError> {
+            self.0.lock().unwrap().push(r.text.clone());
+            Ok(ScriptedCopilot::answer(&r.text))
+        }
+    }
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let cap = Arc::new(Capturing(Mutex::new(Vec::new())));
+    let a = orch(store.clone(), cap.clone(), clock.clone(), 1, TurnConfig::default());
+    let b = orch(store.clone(), Arc::new(ScriptedCopilot::new()), clock, 2, TurnConfig::default());
+    let cid = a.create("alice", "lead").await.unwrap();
+    a.turn(&req(&cid, "alice", "k1", "email is a@x.io")).await.unwrap();
+    b.turn(&req(&cid, "alice", "k2", "phone is 555 [x]")).await.unwrap();
+    a.turn(&req(&cid, "alice", "k3", "company is ACME")).await.unwrap();
+    let seen = cap.0.lock().unwrap().clone();
+    let ctx = orchestrator::context::parse(&seen[1]).unwrap();
+    assert_eq!(ctx.collected_data.get("phone").map(String::as_str), Some("555 [x]"));
+    assert_eq!(ctx.constraints, vec!["company".to_string()]);
+    assert_eq!(ctx.query, "company is ACME");
+}
+
+/// A store that is down: every call fails like a dropped Redis connection.
+struct DownStore;
+impl Store for DownStore {
+    async fn create(&self, _: &str, _: &ConversationRecord) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn load(&self, _: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn begin(&self, _: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn commit(&self, _: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn release(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn extend(&self, _: &str, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+}
+
+/// A store whose commit fails once the conversation exists: the lease must be released.
+struct CommitFails(Arc<MemStore>);
+impl Store for CommitFails {
+    async fn create(&self, c: &str, r: &ConversationRecord) -> Result<bool, StoreError> {
+        self.0.create(c, r).await
+    }
+    async fn load(&self, c: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        self.0.load(c).await
+    }
+    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        self.0.begin(a).await
+    }
+    async fn commit(&self, _: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        Err(StoreError::Unavailable("timeout".into()))
+    }
+    async fn release(&self, c: &str, t: &str, k: &str) -> Result<bool, StoreError> {
+        self.0.release(c, t, k).await
+    }
+    async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
+        self.0.extend(c, t, k, ms).await
+    }
+}
+
+#[tokio::test]
+async fn store_unavailable_is_503_with_retry_after_never_500() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let o = orch(DownStore, Arc::new(ScriptedCopilot::new()), clock.clone(), 1, TurnConfig::default());
+    let unavailable = TurnError::Unavailable { reason: Unavailable::Store, retry_after_s: 1 };
+    assert_eq!(o.create("alice", "lead").await, Err(unavailable.clone()));
+    assert_eq!(o.turn(&req("abc", "alice", "k", "email is a@x.io")).await, Err(unavailable.clone()));
+    assert_eq!(o.get("alice", "abc").await, Err(unavailable.clone()));
+    let (base, _server) = spawn_server(DownStore, Arc::new(ScriptedCopilot::new())).await;
+    let (status, headers, _) = http(&base, "POST", "/v1/conversations/abc/turns", Some("demo"), Some("k1"), r#"{"query":"hi"}"#).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+
+    // Commit failing after Begin: 503, and the lease and in-flight marker are released so the
+    // retry runs at once instead of waiting out the TTL.
+    let mem = Arc::new(MemStore::new(clock.clone()));
+    let failing = orch(CommitFails(mem.clone()), Arc::new(ScriptedCopilot::new()), clock.clone(), 1, TurnConfig::default());
+    let cid = failing.create("alice", "lead").await.unwrap();
+    assert_eq!(failing.turn(&req(&cid, "alice", "k", "email is a@x.io")).await, Err(unavailable));
+    let healthy = orch(mem.clone(), Arc::new(ScriptedCopilot::new()), clock, 2, TurnConfig::default());
+    let r = healthy.turn(&req(&cid, "alice", "k", "email is a@x.io")).await.unwrap();
+    assert!(!r.replayed);
+    assert_eq!(r.workflow_state.version, 1);
+}
+
+// ---- HTTP on loopback ------------------------------------------------------------------
+
+async fn spawn_server<S: Store, C: Copilot>(store: S, copilot: Arc<C>) -> (String, tokio::task::JoinHandle<()>) {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let cfg = TurnConfig { acquire_deadline_ms: 50, ..TurnConfig::default() };
+    let o = orch(store, copilot, clock, 7, cfg);
+    let tokens = BTreeMap::from([("demo".to_string(), "alice".to_string()), ("other".to_string(), "bob".to_string())]);
+    let api = Arc::new(Api { orchestrator: o, tokens });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let h = tokio::spawn(serve(listener, router(api)));
+    (base, h)
+}
+
+async fn http(base: &str, method: &str, path: &str, token: Option<&str>, key: Option<&str>, body: &str) -> (u16, hyper::HeaderMap, serde_json::Value) {
+    http_bytes(base, method, path, token, key, Bytes::from(body.to_string())).await
+}
+
+async fn http_bytes(base: &str, method: &str, path: &str, token: Option<&str>, key: Option<&str>, body: Bytes) -> (u16, hyper::HeaderMap, serde_json::Value) {
+    let io = tokio::net::TcpStream::connect(base).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    let mut b = hyper::Request::builder().method(method).uri(path).header("host", base).header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(k) = key {
+        b = b.header("idempotency-key", k);
+    }
+    let resp = tx.send_request(b.body(Full::new(body)).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_answers_every_status_in_the_design_on_loopback() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let (base, _server) = spawn_server(Arc::new(MemStore::new(clock)), copilot.clone()).await;
+
+    assert_eq!(http(&base, "GET", "/healthz", None, None, "").await.0, 200);
+    // 401: no token, unknown token.
+    assert_eq!(http(&base, "POST", "/v1/conversations", None, None, r#"{"workflow":"lead"}"#).await.0, 401);
+    assert_eq!(http(&base, "POST", "/v1/conversations", Some("nope"), None, r#"{"workflow":"lead"}"#).await.0, 401);
+    // 400: malformed body, unknown workflow.
+    assert_eq!(http(&base, "POST", "/v1/conversations", Some("demo"), None, "{").await.0, 400);
+    assert_eq!(http(&base, "POST", "/v1/conversations", Some("demo"), None, r#"{"workflow":"nope"}"#).await.0, 400);
+    // 201.
+    let (s, _, body) = http(&base, "POST", "/v1/conversations", Some("demo"), None, r#"{"workflow":"lead"}"#).await;
+    assert_eq!(s, 201);
+    let id = body["id"].as_str().unwrap().to_string();
+    let turns = format!("/v1/conversations/{id}/turns");
+    // 200, then a replay.
+    let (s, _, first) = http(&base, "POST", &turns, Some("demo"), Some("k1"), r#"{"query":"email is a@x.io"}"#).await;
+    assert_eq!(s, 200);
+    assert_eq!(first["replayed"], false);
+    assert_eq!(first["workflowState"]["collectedData"]["email"], "a@x.io");
+    let (s, _, again) = http(&base, "POST", &turns, Some("demo"), Some("k1"), r#"{"query":"email is a@x.io"}"#).await;
+    assert_eq!((s, again["replayed"].clone()), (200, serde_json::Value::Bool(true)));
+    assert_eq!(http(&base, "GET", &format!("/v1/conversations/{id}"), Some("demo"), None, "").await.0, 200);
+    // 400: no key, bad key, wrong body shape.
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), None, r#"{"query":"x"}"#).await.0, 400);
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("bad key!"), r#"{"query":"x"}"#).await.0, 400);
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k9"), r#"{"q":"x"}"#).await.0, 400);
+    // 404: another user's conversation, unknown conversation.
+    assert_eq!(http(&base, "GET", &format!("/v1/conversations/{id}"), Some("other"), None, "").await.0, 404);
+    assert_eq!(http(&base, "POST", &turns, Some("other"), Some("k1"), r#"{"query":"email is a@x.io"}"#).await.0, 404);
+    assert_eq!(http(&base, "POST", "/v1/conversations/feedbeef/turns", Some("demo"), Some("k1"), r#"{"query":"x"}"#).await.0, 404);
+    // 422: same key, different body.
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k1"), r#"{"query":"email is b@x.io"}"#).await.0, 422);
+    // 413: body over the bound.
+    let big = Bytes::from(vec![b'a'; REQUEST_BODY_BYTES_MAX + 1]);
+    assert_eq!(http_bytes(&base, "POST", &turns, Some("demo"), Some("k8"), big).await.0, 413);
+    // 409 and 503: a slow Copilot; the same key again is in flight, another key finds the
+    // lease busy past the acquire deadline (50 ms here).
+    copilot.set_delay_ms(400);
+    let (b2, t2) = (base.clone(), turns.clone());
+    let slow = tokio::spawn(async move { http(&b2, "POST", &t2, Some("demo"), Some("k2"), r#"{"query":"phone is 1"}"#).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k2"), r#"{"query":"phone is 1"}"#).await.0, 409);
+    let (s, h, _) = http(&base, "POST", &turns, Some("demo"), Some("k3"), r#"{"query":"company is A"}"#).await;
+    assert_eq!(s, 503);
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(slow.await.unwrap().0, 200);
+    assert!(!http(&base, "GET", "/healthz", None, None, "").await.1.contains_key("date"), "no Date header");
+}
