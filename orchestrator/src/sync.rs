@@ -1,17 +1,21 @@
 //! The one place that chooses real or loom synchronisation types (the tokio pattern).
 //!
-//! Business code imports `crate::sync::*` and never mentions loom; `RUSTFLAGS="--cfg loom"`
-//! swaps in loom's types so the lease table and the idempotency tracking of `MemStore` run
-//! unchanged under the model checker.
+//! Business code imports `crate::sync::*` and never mentions loom;
+//! `RUSTFLAGS="--cfg orchsim_loom"` swaps in loom's types so the lease table and the
+//! idempotency tracking of `MemStore` run unchanged under the model checker.
+//!
+//! Why not the customary `--cfg loom`: tokio compiles `tokio::net` out under `cfg(loom)`,
+//! which breaks hyper-util and axum (both use it) for the whole build. A name of our own
+//! swaps only our types.
 
-#[cfg(loom)]
+#[cfg(orchsim_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
-#[cfg(loom)]
+#[cfg(orchsim_loom)]
 pub(crate) use loom::sync::Mutex;
 
-#[cfg(not(loom))]
+#[cfg(not(orchsim_loom))]
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(not(loom))]
+#[cfg(not(orchsim_loom))]
 pub(crate) use std::sync::Mutex;
 
 /// Locks a mutex, treating poisoning as the panic it came from: a panic while holding the
@@ -23,7 +27,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> crate::sync::Guard<'_, T> {
     }
 }
 
-#[cfg(loom)]
+#[cfg(orchsim_loom)]
 pub(crate) type Guard<'a, T> = loom::sync::MutexGuard<'a, T>;
-#[cfg(not(loom))]
+#[cfg(not(orchsim_loom))]
 pub(crate) type Guard<'a, T> = std::sync::MutexGuard<'a, T>;
