@@ -1,1 +1,273 @@
-fn main(){}
+//! Load benchmark of the reference orchestrator: 100 concurrent conversations driven through
+//! the `lead` workflow to `succeeded` (4 turns each), on the embedded store through the turn
+//! function, a contended case (100 concurrent turns over 10 conversations), and the same 100
+//! conversations through HTTP on loopback. Besides criterion's timings it prints turns/s and
+//! lease-acquire p50/p99 (first Begin of a turn → lease taken, retries included).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use orchestrator::http::{router, serve, Api};
+use orchestrator::store::{BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, StoreError};
+use orchestrator::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CONVERSATIONS: usize = 100;
+const LEAD_TURNS: [&str; 4] = ["email is a@example.com", "phone is +1 555 0100", "company is ACME", "yes"];
+
+/// Wraps a store and records, per turn (owner token), the time from its first Begin to the
+/// Begin that took the lease.
+struct Timed<S> {
+    inner: S,
+    first_begin: Mutex<BTreeMap<String, Instant>>,
+    acquire_us: Mutex<Vec<u64>>,
+}
+
+impl<S> Timed<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, first_begin: Mutex::new(BTreeMap::new()), acquire_us: Mutex::new(Vec::new()) }
+    }
+    fn take_samples(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.acquire_us.lock().unwrap())
+    }
+}
+
+impl<S: Store> Store for Timed<S> {
+    async fn create(&self, c: &str, r: &ConversationRecord) -> Result<bool, StoreError> {
+        self.inner.create(c, r).await
+    }
+    async fn load(&self, c: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        self.inner.load(c).await
+    }
+    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        let now = Instant::now();
+        let first = *self.first_begin.lock().unwrap().entry(a.owner_token.to_string()).or_insert(now);
+        let r = self.inner.begin(a).await;
+        if !matches!(r, Ok(BeginOutcome::Busy { .. })) {
+            self.first_begin.lock().unwrap().remove(a.owner_token);
+            if matches!(r, Ok(BeginOutcome::Acquired { .. })) {
+                self.acquire_us.lock().unwrap().push(first.elapsed().as_micros() as u64);
+            }
+        }
+        r
+    }
+    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        self.inner.commit(a).await
+    }
+    async fn release(&self, c: &str, t: &str, k: &str) -> Result<bool, StoreError> {
+        self.inner.release(c, t, k).await
+    }
+    async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
+        self.inner.extend(c, t, k, ms).await
+    }
+}
+
+type Orch = Orchestrator<Arc<Timed<MemStore>>, Arc<ScriptedCopilot>, Arc<RecordingEffects>>;
+
+fn embedded(seed: u64) -> (Arc<Orch>, Arc<Timed<MemStore>>) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = Arc::new(Timed::new(MemStore::new(clock.clone())));
+    let o = Orchestrator::new(
+        store.clone(),
+        Arc::new(ScriptedCopilot::new()),
+        Arc::new(RecordingEffects::new()),
+        clock,
+        SeededRng::from_seed(seed),
+        TurnConfig::default(),
+    );
+    (Arc::new(o), store)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn turn_retrying(o: &Orch, r: &TurnRequest) -> TurnResponse {
+    for _ in 0..1000 {
+        match o.turn(r).await {
+            Ok(resp) => return resp,
+            Err(TurnError::Unavailable { .. }) | Err(TurnError::InFlight) => tokio::task::yield_now().await,
+            Err(e) => panic!("turn failed: {e}"),
+        }
+    }
+    panic!("turn never succeeded")
+}
+
+/// 100 conversations at once, each through the lead workflow; returns turns done.
+async fn hundred_conversations(o: &Arc<Orch>, round: u64) -> usize {
+    let mut ids = Vec::with_capacity(CONVERSATIONS);
+    for _ in 0..CONVERSATIONS {
+        ids.push(o.create("bench", "lead").await.unwrap());
+    }
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|cid| {
+            let o = o.clone();
+            tokio::spawn(async move {
+                for (i, q) in LEAD_TURNS.iter().enumerate() {
+                    let r = TurnRequest { conversation_id: cid.clone(), user: "bench".into(), idempotency_key: format!("r{round}-t{i}"), query: q.to_string() };
+                    let resp = turn_retrying(&o, &r).await;
+                    debug_assert!(i < 3 || resp.workflow_state.step == workflow::Step::Succeeded);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    CONVERSATIONS * LEAD_TURNS.len()
+}
+
+/// 100 concurrent turns over 10 conversations (10 fields of `profile` each).
+async fn contended(o: &Arc<Orch>, round: u64) -> usize {
+    let fields = workflow::workflow("profile").unwrap().required;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let cid = o.create("bench", "profile").await.unwrap();
+        for (i, f) in fields.iter().enumerate() {
+            let (o, cid) = (o.clone(), cid.clone());
+            let r = TurnRequest { conversation_id: cid, user: "bench".into(), idempotency_key: format!("r{round}-f{i}"), query: format!("{f} is v{i}") };
+            tasks.push(tokio::spawn(async move { turn_retrying(&o, &r).await }));
+        }
+    }
+    let n = tasks.len();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, turns: usize, wall: Duration, mut acquire_us: Vec<u64>) {
+    acquire_us.sort_unstable();
+    println!(
+        "{name}: {turns} turns in {:.1} ms = {:.0} turns/s; lease acquire p50 {} us, p99 {} us ({} samples)",
+        wall.as_secs_f64() * 1e3,
+        turns as f64 / wall.as_secs_f64(),
+        percentile(&acquire_us, 0.50),
+        percentile(&acquire_us, 0.99),
+        acquire_us.len()
+    );
+}
+
+fn summary<F, Fut>(rt: &tokio::runtime::Runtime, name: &str, o: &Arc<Orch>, store: &Timed<MemStore>, rounds: u64, f: F)
+where
+    F: Fn(Arc<Orch>, u64) -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    store.take_samples();
+    let start = Instant::now();
+    let mut turns = 0;
+    for round in 0..rounds {
+        turns += rt.block_on(f(o.clone(), 1_000_000 + round));
+    }
+    report(name, turns, start.elapsed(), store.take_samples());
+}
+
+fn bench_embedded(c: &mut Criterion) {
+    let rt = runtime();
+    let (o, store) = embedded(1);
+    summary(&rt, "embedded/100-conversations", &o, &store, 50, |o, r| async move { hundred_conversations(&o, r).await });
+    summary(&rt, "embedded/contended-100-turns-10-conversations", &o, &store, 50, |o, r| async move { contended(&o, r).await });
+
+    let mut g = c.benchmark_group("embedded");
+    g.throughput(Throughput::Elements((CONVERSATIONS * LEAD_TURNS.len()) as u64));
+    let mut round = 0;
+    g.bench_function("100-conversations-lead-to-succeeded", |b| {
+        b.iter(|| {
+            round += 1;
+            rt.block_on(hundred_conversations(&o, round))
+        })
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("contended-100-turns-10-conversations", |b| {
+        b.iter(|| {
+            round += 1;
+            rt.block_on(contended(&o, round))
+        })
+    });
+    g.finish();
+}
+
+// ---- HTTP on loopback ----------------------------------------------------------------
+
+async fn http_conversation(addr: std::net::SocketAddr, round: u64) -> usize {
+    use http_body_util::{BodyExt, Full};
+    let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+    io.set_nodelay(true).unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    let send = |path: String, key: Option<String>, body: String| {
+        let mut b = hyper::Request::post(path).header("host", "bench").header("authorization", "Bearer bench");
+        if let Some(k) = key {
+            b = b.header("idempotency-key", k);
+        }
+        b.body(Full::new(bytes_of(body))).unwrap()
+    };
+    let resp = tx.send_request(send("/v1/conversations".into(), None, r#"{"workflow":"lead"}"#.into())).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    for (i, q) in LEAD_TURNS.iter().enumerate() {
+        let body = serde_json::json!({ "query": q }).to_string();
+        let resp = tx.send_request(send(format!("/v1/conversations/{id}/turns"), Some(format!("r{round}-{i}")), body)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    LEAD_TURNS.len()
+}
+
+fn bytes_of(s: String) -> hyper::body::Bytes {
+    hyper::body::Bytes::from(s)
+}
+
+async fn http_hundred(addr: std::net::SocketAddr, round: u64) -> usize {
+    let tasks: Vec<_> = (0..CONVERSATIONS).map(|_| tokio::spawn(http_conversation(addr, round))).collect();
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.unwrap();
+    }
+    n
+}
+
+fn bench_http(c: &mut Criterion) {
+    let rt = runtime();
+    let (o, store) = embedded(2);
+    let orch = Arc::try_unwrap(o).ok().expect("sole owner");
+    let tokens = BTreeMap::from([("bench".to_string(), "bench".to_string())]);
+    let api = Arc::new(Api { orchestrator: orch, tokens });
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(serve(listener, router(api)));
+    store.take_samples();
+    let start = Instant::now();
+    let mut turns = 0;
+    for round in 0..20 {
+        turns += rt.block_on(http_hundred(addr, round));
+    }
+    report("http/100-conversations", turns, start.elapsed(), store.take_samples());
+
+    let mut g = c.benchmark_group("http");
+    g.throughput(Throughput::Elements((CONVERSATIONS * LEAD_TURNS.len()) as u64));
+    let mut round = 1000;
+    g.bench_function("100-conversations-lead-to-succeeded", |b| {
+        b.iter(|| {
+            round += 1;
+            rt.block_on(http_hundred(addr, round))
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = bench_embedded, bench_http
+}
+criterion_main!(benches);
