@@ -4,6 +4,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use orchestrator::http::{router, serve, Api};
 use orchestrator::net::TcpConnector;
+use orchestrator::store::{RedisConfig, RedisStore};
 use orchestrator::{Copilot, HttpCopilot, MemStore, Orchestrator, RecordingEffects, ScriptedCopilot, SeededRng, Store, SystemClock, TurnConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,16 +79,29 @@ async fn serve_cmd(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = config.validate() {
         bail!("invalid lease settings: {e}");
     }
-    if args.store != "memory" {
-        bail!("--store {:?}: only `memory` is supported by this build", args.store);
+    if args.store == "memory" {
+        let store = MemStore::new(Arc::new(SystemClock));
+        with_copilot(&args, store, config).await
+    } else if args.store.starts_with("redis://") {
+        let store = RedisStore::open(&args.store, RedisConfig::default(), rand::random())
+            .map_err(|e| anyhow::anyhow!("--store {:?}: {e}", args.store))?;
+        // Fail fast on a wrong address; later outages are 503s, not exits.
+        if let Err(e) = store.load("startup-probe").await {
+            bail!("--store {:?}: cannot reach Redis: {e}", args.store);
+        }
+        with_copilot(&args, store, config).await
+    } else {
+        bail!("--store {:?}: expected `memory` or redis://host:port", args.store);
     }
-    let store = MemStore::new(Arc::new(SystemClock));
+}
+
+async fn with_copilot<S: Store>(args: &ServeArgs, store: S, config: TurnConfig) -> anyhow::Result<()> {
     if args.copilot == "scripted" {
-        run(&args, store, ScriptedCopilot::new(), config).await
+        run(args, store, ScriptedCopilot::new(), config).await
     } else {
         let c = HttpCopilot::new(TcpConnector, &args.copilot, args.copilot_timeout_ms)
             .map_err(|e| anyhow::anyhow!("--copilot {:?}: {e} (expected `scripted` or http://host:port/path)", args.copilot))?;
-        run(&args, store, c, config).await
+        run(args, store, c, config).await
     }
 }
 

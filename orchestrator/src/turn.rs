@@ -313,7 +313,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         });
 
         // 2.–5. Everything after Begin releases the lease on failure.
-        match self.locked_turn(req, &idem_key, &owner_token, fence, record).await {
+        match self.locked_turn(req, &idem_key, &fp, &owner_token, fence, record).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 if let Err(err) = self.store.release(cid, &owner_token, &idem_key).await {
@@ -329,6 +329,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         &self,
         req: &TurnRequest,
         idem_key: &str,
+        fp: &str,
         owner_token: &str,
         fence: u64,
         record: ConversationRecord,
@@ -378,6 +379,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             fence,
             record: &next,
             idem_key,
+            fingerprint: fp,
             response: &body,
             idempotency_ttl_ms: self.config.idempotency_ttl_ms,
         };

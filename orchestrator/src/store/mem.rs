@@ -119,15 +119,11 @@ impl MemStore {
         if !s.leases.may_commit(&lock_key, a.owner_token, a.fence, now) {
             return CommitOutcome::Superseded;
         }
-        let fingerprint = match s.idem.get(a.idem_key) {
-            Some(Idem::InFlight { fingerprint, .. }) | Some(Idem::Completed { fingerprint, .. }) => fingerprint.clone(),
-            None => String::new(),
-        };
         s.records.insert(a.cid.to_string(), a.record.clone());
         s.idem.insert(
             a.idem_key.to_string(),
             Idem::Completed {
-                fingerprint,
+                fingerprint: a.fingerprint.to_string(),
                 response: a.response.to_string(),
                 expires_at_ms: now.saturating_add(a.idempotency_ttl_ms),
             },

@@ -9,7 +9,9 @@
 //! conversation's version by exactly one.
 
 mod mem;
+mod redis;
 
+pub use self::redis::{RedisConfig, RedisStore};
 pub use mem::MemStore;
 
 use crate::workflow::{WorkflowState, MACHINE_VERSION};
@@ -84,6 +86,9 @@ pub struct CommitArgs<'a> {
     /// `writer_fence` our fence.
     pub record: &'a ConversationRecord,
     pub idem_key: &'a str,
+    /// The request fingerprint, stored with the response (the in-flight marker may have
+    /// expired by now, so it is not read back from there).
+    pub fingerprint: &'a str,
     pub response: &'a str,
     pub idempotency_ttl_ms: u64,
 }

@@ -1,9 +1,8 @@
-//! Integration tests of the reference orchestrator on the embedded store: the turn protocol
-//! under concurrency and faults, and the HTTP API on loopback. Each test is named after the
-//! property it proves.
+//! The turn protocol on the embedded store under concurrency and faults, and the HTTP API on
+//! loopback. Each test is named after the property it proves.
 
+use crate::support::{http, http_bytes, Events};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use orchestrator::copilot::{CopilotError, CopilotReply, CopilotRequest};
 use orchestrator::http::{router, serve, Api, REQUEST_BODY_BYTES_MAX};
 use orchestrator::store::{BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, StoreError};
@@ -15,19 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 type Orch<S, C> = Orchestrator<S, Arc<C>, Arc<RecordingEffects>>;
-
-#[derive(Default)]
-struct Events(Mutex<Vec<ServerEvent>>);
-impl turn::Observer for Events {
-    fn event(&self, ev: ServerEvent) {
-        self.0.lock().unwrap().push(ev);
-    }
-}
-impl Events {
-    fn commits(&self) -> usize {
-        self.0.lock().unwrap().iter().filter(|e| matches!(e, ServerEvent::Committed { .. })).count()
-    }
-}
 
 fn orch<S: Store, C: Copilot>(store: S, copilot: Arc<C>, clock: Arc<dyn Clock>, seed: u64, config: TurnConfig) -> Orch<S, C> {
     Orchestrator::new(store, copilot, Arc::new(RecordingEffects::new()), clock, SeededRng::from_seed(seed), config)
@@ -344,29 +330,6 @@ async fn spawn_server<S: Store, C: Copilot>(store: S, copilot: Arc<C>) -> (Strin
     let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     let h = tokio::spawn(serve(listener, router(api)));
     (base, h)
-}
-
-async fn http(base: &str, method: &str, path: &str, token: Option<&str>, key: Option<&str>, body: &str) -> (u16, hyper::HeaderMap, serde_json::Value) {
-    http_bytes(base, method, path, token, key, Bytes::from(body.to_string())).await
-}
-
-async fn http_bytes(base: &str, method: &str, path: &str, token: Option<&str>, key: Option<&str>, body: Bytes) -> (u16, hyper::HeaderMap, serde_json::Value) {
-    let io = tokio::net::TcpStream::connect(base).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.unwrap();
-    tokio::spawn(conn);
-    let mut b = hyper::Request::builder().method(method).uri(path).header("host", base).header("content-type", "application/json");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    if let Some(k) = key {
-        b = b.header("idempotency-key", k);
-    }
-    let resp = tx.send_request(b.body(Full::new(body)).unwrap()).await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, headers, json)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

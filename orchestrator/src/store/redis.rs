@@ -1,0 +1,356 @@
+//! `RedisStore`: the store on a real Redis (or the harness's Redis model), over any stream a
+//! [`Connector`] hands out.
+//!
+//! Every store operation is one round trip: Begin, Commit, Release, Extend and Create are Lua
+//! scripts run by `EVALSHA` (re-loaded on `NOSCRIPT`, e.g. after a Redis restart), Load is one
+//! `HMGET`. All keys of a script share the conversation's hash tag, so each touches one
+//! Redis Cluster slot. Fencing holds for a single primary.
+//!
+//! The connection is one multiplexed connection with explicit connect and response timeouts
+//! (the crate's defaults run on tokio time, which is virtual in the simulation). A broken
+//! connection is dropped and re-dialled on the next call, no sooner than a jittered,
+//! exponentially growing backoff; calls in between answer `Unavailable` at once.
+
+use super::*;
+use crate::net::{Connector, TcpConnector};
+use crate::rng::SeededRng;
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Deadline for dialling and the connection handshake.
+    pub connect_timeout_ms: u64,
+    /// Deadline for one command's reply.
+    pub response_timeout_ms: u64,
+    pub reconnect_backoff_base_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { connect_timeout_ms: 1_000, response_timeout_ms: 1_000, reconnect_backoff_base_ms: 50, reconnect_backoff_max_ms: 2_000 }
+    }
+}
+
+/// The Lua scripts. Keys: `state` is a hash {owner, record}; `lock` a string (owner token,
+/// PX ttl); `fence` a counter; `idem` a hash {status: inflight|done, fp, owner, resp}.
+pub mod scripts {
+    /// KEYS: state, lock, fence, idem. ARGV: user, fingerprint, owner token, lease ttl ms.
+    pub const BEGIN: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'owner', 'record')
+if (not st[1]) or st[1] ~= ARGV[1] then return {'notfound'} end
+local idem = redis.call('HMGET', KEYS[4], 'status', 'fp', 'resp')
+if idem[1] then
+  if idem[2] ~= ARGV[2] then return {'reused'} end
+  if idem[1] == 'done' then return {'replay', idem[3], st[2]} end
+  return {'inflight'}
+end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  local fence = redis.call('INCR', KEYS[3])
+  redis.call('HSET', KEYS[4], 'status', 'inflight', 'fp', ARGV[2], 'owner', ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  return {'acquired', fence, st[2]}
+end
+return {'busy', redis.call('PTTL', KEYS[2])}
+"#;
+
+    /// KEYS: state, lock, fence, idem. ARGV: owner token, fence, record, response,
+    /// idempotency ttl ms, fingerprint.
+    pub const COMMIT: &str = r#"
+if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[2]) then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[3])
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], 'status', 'done', 'fp', ARGV[6], 'resp', ARGV[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
+if holder then redis.call('DEL', KEYS[2]) end
+return 1
+"#;
+
+    /// KEYS: lock, idem. ARGV: owner token.
+    pub const RELEASE: &str = r#"
+if redis.call('HGET', KEYS[2], 'status') == 'inflight' and redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+    /// KEYS: lock, idem. ARGV: owner token, ttl ms.
+    pub const EXTEND: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+  return 1
+end
+return 0
+"#;
+
+    /// KEYS: state. ARGV: owner, record.
+    pub const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'record', ARGV[2])
+return 1
+"#;
+}
+
+struct Scripts {
+    begin: Script,
+    commit: Script,
+    release: Script,
+    extend: Script,
+    create: Script,
+}
+
+struct Conn {
+    conn: Option<MultiplexedConnection>,
+    failures: u32,
+    next_attempt: Option<Instant>,
+}
+
+pub struct RedisStore<C: Connector = TcpConnector> {
+    connector: C,
+    host: String,
+    port: u16,
+    info: RedisConnectionInfo,
+    config: RedisConfig,
+    rng: SeededRng,
+    scripts: Scripts,
+    conn: tokio::sync::Mutex<Conn>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn protocol(what: &str, v: &Value) -> StoreError {
+    StoreError::Protocol(format!("{what}: unexpected reply {v:?}"))
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => std::str::from_utf8(as_bytes(other)?).ok()?.parse().ok(),
+    }
+}
+
+fn record_of(v: &Value) -> Result<ConversationRecord, StoreError> {
+    let b = as_bytes(v).ok_or_else(|| protocol("record", v))?;
+    serde_json::from_slice(b).map_err(|e| StoreError::Protocol(format!("record is not JSON: {e}")))
+}
+
+impl RedisStore<TcpConnector> {
+    /// A store on `redis://host:port[/db]` over TCP.
+    pub fn open(url: &str, config: RedisConfig, seed: u64) -> Result<Self, StoreError> {
+        Self::with_connector(TcpConnector, url, config, seed)
+    }
+}
+
+impl<C: Connector> RedisStore<C> {
+    /// A store whose connections come from `connector` (the harness passes turmoil's).
+    pub fn with_connector(connector: C, url: &str, config: RedisConfig, seed: u64) -> Result<Self, StoreError> {
+        let info = url.into_connection_info().map_err(|e| StoreError::Protocol(format!("bad redis url {url:?}: {e}")))?;
+        let (host, port) = match info.addr() {
+            ::redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+            other => return Err(StoreError::Protocol(format!("unsupported redis address {other:?}: use redis://host:port"))),
+        };
+        Ok(Self {
+            connector,
+            host,
+            port,
+            info: info.redis_settings().clone(),
+            config,
+            rng: SeededRng::from_seed(seed),
+            scripts: Scripts {
+                begin: Script::new(scripts::BEGIN),
+                commit: Script::new(scripts::COMMIT),
+                release: Script::new(scripts::RELEASE),
+                extend: Script::new(scripts::EXTEND),
+                create: Script::new(scripts::CREATE),
+            },
+            conn: tokio::sync::Mutex::new(Conn { conn: None, failures: 0, next_attempt: None }),
+        })
+    }
+
+    async fn dial(&self) -> Result<MultiplexedConnection, StoreError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(self.config.connect_timeout_ms)))
+            .set_response_timeout(Some(Duration::from_millis(self.config.response_timeout_ms)));
+        let fut = async {
+            let stream = self.connector.connect(&self.host, self.port).await.map_err(unavailable)?;
+            let (conn, driver) = MultiplexedConnection::new_with_config(&self.info, stream, cfg).await.map_err(unavailable)?;
+            tokio::spawn(driver);
+            Ok::<_, StoreError>(conn)
+        };
+        match tokio::time::timeout(Duration::from_millis(self.config.connect_timeout_ms), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!("connect to {}:{} timed out", self.host, self.port))),
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut g = self.conn.lock().await;
+        if let Some(c) = &g.conn {
+            return Ok(c.clone());
+        }
+        let now = Instant::now();
+        if let Some(at) = g.next_attempt {
+            if now < at {
+                return Err(unavailable("redis reconnect backing off"));
+            }
+        }
+        match self.dial().await {
+            Ok(c) => {
+                g.conn = Some(c.clone());
+                g.failures = 0;
+                g.next_attempt = None;
+                tracing::info!(host = %self.host, port = self.port, "redis connected");
+                Ok(c)
+            }
+            Err(e) => {
+                g.failures = g.failures.saturating_add(1);
+                let exp = self.config.reconnect_backoff_base_ms.saturating_mul(1u64 << g.failures.min(16));
+                let cap = exp.min(self.config.reconnect_backoff_max_ms).max(1);
+                let wait = cap / 2 + self.rng.below(cap / 2 + 1);
+                g.next_attempt = Some(now + Duration::from_millis(wait));
+                tracing::warn!(error = %e, retry_in_ms = wait, "redis connect failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets a connection that failed, so the next call re-dials.
+    async fn broken(&self, e: &RedisError) {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
+            let mut g = self.conn.lock().await;
+            if g.conn.take().is_some() {
+                tracing::warn!(error = %e, "redis connection dropped");
+            }
+        }
+    }
+
+    async fn run(&self, inv: &::redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut c = self.connection().await?;
+        match inv.invoke_async::<Value>(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.broken(&e).await;
+                Err(unavailable(e))
+            }
+        }
+    }
+}
+
+impl<C: Connector> Store for RedisStore<C> {
+    async fn create(&self, cid: &str, record: &ConversationRecord) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let mut inv = self.scripts.create.prepare_invoke();
+        inv.key(keys::state(cid)).arg(&record.owner).arg(json);
+        let v = self.run(&inv).await?;
+        Ok(as_int(&v).ok_or_else(|| protocol("create", &v))? == 1)
+    }
+
+    async fn load(&self, cid: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        let mut c = self.connection().await?;
+        let r: Result<Value, RedisError> = ::redis::cmd("HMGET").arg(keys::state(cid)).arg("owner").arg("record").query_async(&mut c).await;
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.broken(&e).await;
+                return Err(unavailable(e));
+            }
+        };
+        match &v {
+            Value::Array(items) if items.len() == 2 => match &items[1] {
+                Value::Nil => Ok(None),
+                rec => record_of(rec).map(Some),
+            },
+            other => Err(protocol("load", other)),
+        }
+    }
+
+    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        let mut inv = self.scripts.begin.prepare_invoke();
+        inv.key(keys::state(a.cid))
+            .key(keys::lock(a.cid))
+            .key(keys::fence(a.cid))
+            .key(a.idem_key)
+            .arg(a.user)
+            .arg(a.fingerprint)
+            .arg(a.owner_token)
+            .arg(a.lease_ttl_ms);
+        let v = self.run(&inv).await?;
+        let Value::Array(items) = &v else { return Err(protocol("begin", &v)) };
+        let tag = items.first().and_then(as_bytes).ok_or_else(|| protocol("begin", &v))?;
+        match tag {
+            b"notfound" => Ok(BeginOutcome::NotFound),
+            b"reused" => Ok(BeginOutcome::KeyReused),
+            b"inflight" => Ok(BeginOutcome::InFlight),
+            b"replay" if items.len() == 3 => {
+                let response = String::from_utf8(as_bytes(&items[1]).ok_or_else(|| protocol("begin", &v))?.to_vec())
+                    .map_err(|_| protocol("begin", &v))?;
+                Ok(BeginOutcome::Replay { response, record: record_of(&items[2])? })
+            }
+            b"acquired" if items.len() == 3 => {
+                let fence = as_int(&items[1]).ok_or_else(|| protocol("begin", &v))?;
+                Ok(BeginOutcome::Acquired { fence: fence as u64, record: record_of(&items[2])? })
+            }
+            b"busy" if items.len() == 2 => {
+                // PTTL is -1/-2 if the lock vanished or has no expiry: retry soon.
+                let ttl = as_int(&items[1]).unwrap_or(1).max(1);
+                Ok(BeginOutcome::Busy { retry_in_ms: ttl as u64 })
+            }
+            _ => Err(protocol("begin", &v)),
+        }
+    }
+
+    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        let json = serde_json::to_string(a.record).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let mut inv = self.scripts.commit.prepare_invoke();
+        inv.key(keys::state(a.cid))
+            .key(keys::lock(a.cid))
+            .key(keys::fence(a.cid))
+            .key(a.idem_key)
+            .arg(a.owner_token)
+            .arg(a.fence)
+            .arg(json)
+            .arg(a.response)
+            .arg(a.idempotency_ttl_ms)
+            .arg(a.fingerprint);
+        let v = self.run(&inv).await?;
+        match as_int(&v) {
+            Some(1) => Ok(CommitOutcome::Committed),
+            Some(0) => Ok(CommitOutcome::Superseded),
+            _ => Err(protocol("commit", &v)),
+        }
+    }
+
+    async fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(keys::lock(cid)).key(idem_key).arg(owner_token);
+        let v = self.run(&inv).await?;
+        Ok(as_int(&v).ok_or_else(|| protocol("release", &v))? == 1)
+    }
+
+    async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.extend.prepare_invoke();
+        inv.key(keys::lock(cid)).key(idem_key).arg(owner_token).arg(ttl_ms);
+        let v = self.run(&inv).await?;
+        Ok(as_int(&v).ok_or_else(|| protocol("extend", &v))? == 1)
+    }
+}

@@ -1,0 +1,274 @@
+//! The store conformance suite: every test is written once against the `Store` trait and run
+//! against `MemStore` (virtual clock) and `RedisStore` on a real `redis-server` (real time,
+//! short TTLs). A behaviour that differs between the two backends fails here.
+
+use orchestrator::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, RedisConfig, RedisStore};
+use orchestrator::workflow::{workflow, WorkflowState};
+use orchestrator::{Clock, ManualClock, MemStore, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TTL_MS: u64 = 300;
+const IDEM_TTL_MS: u64 = 60_000;
+
+pub trait Fixture {
+    type S: Store;
+    fn store(&self) -> &Self::S;
+    /// Lets `ms` pass on the store's clock.
+    async fn pass_ms(&self, ms: u64);
+}
+
+struct Mem {
+    store: MemStore,
+    clock: Arc<ManualClock>,
+}
+
+impl Fixture for Mem {
+    type S = MemStore;
+    fn store(&self) -> &MemStore {
+        &self.store
+    }
+    async fn pass_ms(&self, ms: u64) {
+        self.clock.advance_ms(ms);
+    }
+}
+
+fn mem() -> Mem {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    Mem { store: MemStore::new(dyn_clock), clock }
+}
+
+struct Redis {
+    store: RedisStore,
+    _server: crate::support::TestRedis,
+}
+
+impl Fixture for Redis {
+    type S = RedisStore;
+    fn store(&self) -> &RedisStore {
+        &self.store
+    }
+    async fn pass_ms(&self, ms: u64) {
+        // Redis expires on its own clock: real time, plus a margin for scheduling.
+        tokio::time::sleep(Duration::from_millis(ms + 30)).await;
+    }
+}
+
+fn redis() -> Option<Redis> {
+    let server = crate::support::TestRedis::get()?;
+    let store = RedisStore::open(&server.url(), RedisConfig::default(), 1).unwrap();
+    Some(Redis { store, _server: server })
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A conversation id unique in this process (so a shared `REDIS_URL` server is fine).
+fn fresh_cid() -> String {
+    format!("conf-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+fn record(owner: &str) -> ConversationRecord {
+    ConversationRecord { owner: owner.into(), state: WorkflowState::new(workflow("lead").unwrap()), writer_fence: 0 }
+}
+
+async fn created<F: Fixture>(f: &F, owner: &str) -> String {
+    let cid = fresh_cid();
+    assert!(f.store().create(&cid, &record(owner)).await.unwrap());
+    cid
+}
+
+async fn begin<F: Fixture>(f: &F, cid: &str, user: &str, key: &str, fp: &str, token: &str) -> BeginOutcome {
+    let idem = keys::idem(cid, user, key);
+    let args = BeginArgs { cid, user, idem_key: &idem, fingerprint: fp, owner_token: token, lease_ttl_ms: TTL_MS };
+    f.store().begin(&args).await.unwrap()
+}
+
+async fn commit<F: Fixture>(f: &F, cid: &str, user: &str, key: &str, fp: &str, token: &str, fence: u64, loaded: &ConversationRecord, field: &str) -> CommitOutcome {
+    let idem = keys::idem(cid, user, key);
+    let mut next = loaded.clone();
+    next.state.version += 1;
+    next.state.collected_data.insert(field.into(), format!("v{fence}"));
+    next.writer_fence = fence;
+    let response = format!("{{\"key\":\"{key}\",\"fence\":{fence}}}");
+    let args = CommitArgs { cid, owner_token: token, fence, record: &next, idem_key: &idem, fingerprint: fp, response: &response, idempotency_ttl_ms: IDEM_TTL_MS };
+    f.store().commit(&args).await.unwrap()
+}
+
+fn acquired(o: BeginOutcome) -> (u64, ConversationRecord) {
+    match o {
+        BeginOutcome::Acquired { fence, record } => (fence, record),
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+async fn create_is_once_and_load_round_trips<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    assert!(!f.store().create(&cid, &record("bob")).await.unwrap(), "create must not overwrite");
+    assert_eq!(f.store().load(&cid).await.unwrap(), Some(record("alice")));
+    assert_eq!(f.store().load("conf-no-such").await.unwrap(), None);
+}
+
+async fn begin_commit_fences_grow_and_versions_count_commits<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let mut last_fence = 0;
+    for i in 0..3 {
+        let key = format!("k{i}");
+        let (fence, loaded) = acquired(begin(f, &cid, "alice", &key, "fp", "tok").await);
+        assert!(fence > last_fence, "fences strictly increase");
+        last_fence = fence;
+        assert_eq!(loaded.state.version, i);
+        assert_eq!(commit(f, &cid, "alice", &key, "fp", "tok", fence, &loaded, &format!("f{i}")).await, CommitOutcome::Committed);
+    }
+    let fin = f.store().load(&cid).await.unwrap().unwrap();
+    assert_eq!(fin.state.version, 3);
+    assert_eq!(fin.writer_fence, last_fence);
+    assert_eq!(fin.state.collected_data.len(), 3);
+}
+
+async fn completed_key_replays_its_response_with_the_current_state<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fence, loaded) = acquired(begin(f, &cid, "alice", "k1", "fp1", "t1").await);
+    commit(f, &cid, "alice", "k1", "fp1", "t1", fence, &loaded, "email").await;
+    let (fence2, loaded2) = acquired(begin(f, &cid, "alice", "k2", "fp2", "t2").await);
+    commit(f, &cid, "alice", "k2", "fp2", "t2", fence2, &loaded2, "phone").await;
+    match begin(f, &cid, "alice", "k1", "fp1", "t3").await {
+        BeginOutcome::Replay { response, record } => {
+            assert_eq!(response, format!("{{\"key\":\"k1\",\"fence\":{fence}}}"));
+            assert_eq!(record.state.version, 2, "replay carries the current state");
+        }
+        other => panic!("expected Replay, got {other:?}"),
+    }
+    // A replay takes no lease: a new key gets in at once.
+    acquired(begin(f, &cid, "alice", "k3", "fp3", "t4").await);
+}
+
+async fn in_flight_key_is_in_flight_and_other_keys_are_busy<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    acquired(begin(f, &cid, "alice", "k1", "fp", "t1").await);
+    assert_eq!(begin(f, &cid, "alice", "k1", "fp", "t2").await, BeginOutcome::InFlight);
+    match begin(f, &cid, "alice", "k2", "fp", "t3").await {
+        BeginOutcome::Busy { retry_in_ms } => assert!(retry_in_ms > 0 && retry_in_ms <= TTL_MS, "{retry_in_ms}"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+}
+
+async fn key_reused_with_another_fingerprint_is_rejected<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fence, loaded) = acquired(begin(f, &cid, "alice", "k1", "fp-a", "t1").await);
+    assert_eq!(begin(f, &cid, "alice", "k1", "fp-b", "t2").await, BeginOutcome::KeyReused, "while in flight");
+    commit(f, &cid, "alice", "k1", "fp-a", "t1", fence, &loaded, "email").await;
+    assert_eq!(begin(f, &cid, "alice", "k1", "fp-b", "t3").await, BeginOutcome::KeyReused, "once completed");
+}
+
+async fn commit_under_a_superseded_fence_is_rejected_and_writes_nothing<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fa, la) = acquired(begin(f, &cid, "alice", "ka", "fp", "ta").await);
+    f.pass_ms(TTL_MS).await;
+    let (fb, lb) = acquired(begin(f, &cid, "alice", "kb", "fp", "tb").await);
+    assert!(fb > fa);
+    assert_eq!(commit(f, &cid, "alice", "ka", "fp", "ta", fa, &la, "email").await, CommitOutcome::Superseded);
+    assert_eq!(f.store().load(&cid).await.unwrap().unwrap().state.version, 0, "superseded commit wrote");
+    assert_eq!(commit(f, &cid, "alice", "kb", "fp", "tb", fb, &lb, "phone").await, CommitOutcome::Committed);
+    // Even after b released the lock, a's stale fence stays rejected.
+    assert_eq!(commit(f, &cid, "alice", "ka", "fp", "ta", fa, &la, "email").await, CommitOutcome::Superseded);
+    let fin = f.store().load(&cid).await.unwrap().unwrap();
+    assert_eq!((fin.state.version, fin.writer_fence), (1, fb));
+    assert!(!fin.state.collected_data.contains_key("email"));
+}
+
+async fn commit_after_own_expiry_applies_when_no_later_lease_was_taken<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fa, la) = acquired(begin(f, &cid, "alice", "ka", "fp", "ta").await);
+    f.pass_ms(TTL_MS).await;
+    assert_eq!(commit(f, &cid, "alice", "ka", "fp", "ta", fa, &la, "email").await, CommitOutcome::Committed);
+    match begin(f, &cid, "alice", "ka", "fp", "tz").await {
+        BeginOutcome::Replay { .. } => {}
+        other => panic!("the committed key must replay, got {other:?}"),
+    }
+}
+
+async fn expiry_lets_the_next_acquirer_in_and_frees_the_key<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (f1, _) = acquired(begin(f, &cid, "alice", "k1", "fp", "t1").await);
+    f.pass_ms(TTL_MS).await;
+    // The in-flight marker expired with the lease: the same key runs anew, not 409.
+    let (f2, _) = acquired(begin(f, &cid, "alice", "k1", "fp", "t2").await);
+    assert_eq!(f2, f1 + 1);
+}
+
+async fn extend_and_release_only_by_the_owner<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let idem = keys::idem(&cid, "alice", "k1");
+    acquired(begin(f, &cid, "alice", "k1", "fp", "owner").await);
+    assert!(!f.store().extend(&cid, "intruder", &idem, TTL_MS).await.unwrap());
+    assert!(!f.store().release(&cid, "intruder", &idem).await.unwrap());
+    f.pass_ms(TTL_MS / 2).await;
+    assert!(f.store().extend(&cid, "owner", &idem, TTL_MS).await.unwrap());
+    f.pass_ms(TTL_MS * 2 / 3).await;
+    // Past the original TTL, but extended: still held, the key still in flight.
+    assert!(matches!(begin(f, &cid, "alice", "k2", "fp", "t2").await, BeginOutcome::Busy { .. }));
+    assert_eq!(begin(f, &cid, "alice", "k1", "fp", "t3").await, BeginOutcome::InFlight);
+    assert!(f.store().release(&cid, "owner", &idem).await.unwrap());
+    assert!(!f.store().release(&cid, "owner", &idem).await.unwrap(), "second release is a no-op");
+    // Released: the lease is free and the key is no longer in flight.
+    acquired(begin(f, &cid, "alice", "k1", "fp", "t4").await);
+}
+
+async fn expired_owner_cannot_extend<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let idem = keys::idem(&cid, "alice", "k1");
+    acquired(begin(f, &cid, "alice", "k1", "fp", "owner").await);
+    f.pass_ms(TTL_MS).await;
+    assert!(!f.store().extend(&cid, "owner", &idem, TTL_MS).await.unwrap());
+}
+
+async fn users_are_scoped<F: Fixture>(f: &F) {
+    let ca = created(f, "alice").await;
+    let cb = created(f, "bob").await;
+    assert_eq!(begin(f, &ca, "bob", "k1", "fp", "t1").await, BeginOutcome::NotFound, "bob on alice's conversation");
+    assert_eq!(begin(f, "conf-missing", "bob", "k1", "fp", "t1").await, BeginOutcome::NotFound);
+    let (fa, la) = acquired(begin(f, &ca, "alice", "same", "fp", "t2").await);
+    commit(f, &ca, "alice", "same", "fp", "t2", fa, &la, "email").await;
+    // Same key, same fingerprint, other user and conversation: a fresh turn, not a replay.
+    acquired(begin(f, &cb, "bob", "same", "fp", "t3").await);
+    // And bob still cannot replay alice's completed key on her conversation.
+    assert_eq!(begin(f, &ca, "bob", "same", "fp", "t4").await, BeginOutcome::NotFound);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod mem_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&super::mem()).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(f) = super::redis() else { return };
+                    super::$name(&f).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_is_once_and_load_round_trips,
+    begin_commit_fences_grow_and_versions_count_commits,
+    completed_key_replays_its_response_with_the_current_state,
+    in_flight_key_is_in_flight_and_other_keys_are_busy,
+    key_reused_with_another_fingerprint_is_rejected,
+    commit_under_a_superseded_fence_is_rejected_and_writes_nothing,
+    commit_after_own_expiry_applies_when_no_later_lease_was_taken,
+    expiry_lets_the_next_acquirer_in_and_frees_the_key,
+    extend_and_release_only_by_the_owner,
+    expired_owner_cannot_extend,
+    users_are_scoped,
+);
