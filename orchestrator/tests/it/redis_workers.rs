@@ -1,1 +1,194 @@
+//! The orchestrator on a real `redis-server`: round trips per turn, several workers sharing
+//! one Redis, and Redis killed and restarted under a running worker.
 
+use crate::support::{http, Events, RedisServer, TestRedis};
+use orchestrator::http::{router, serve, Api};
+use orchestrator::store::{RedisConfig, RedisStore};
+use orchestrator::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+type RedisOrch = Orchestrator<RedisStore, ScriptedCopilot, RecordingEffects>;
+
+fn redis_orch(url: &str, seed: u64, events: Arc<Events>, redis_cfg: RedisConfig) -> RedisOrch {
+    let store = RedisStore::open(url, redis_cfg, seed).unwrap();
+    Orchestrator::new(store, ScriptedCopilot::new(), RecordingEffects::new(), Arc::new(TokioClock::new()), SeededRng::from_seed(seed), TurnConfig::default())
+        .with_observer(events)
+}
+
+async fn spawn_worker(url: &str, seed: u64, events: Arc<Events>, redis_cfg: RedisConfig) -> String {
+    let tokens = BTreeMap::from([("demo".to_string(), "alice".to_string())]);
+    let api = Arc::new(Api { orchestrator: redis_orch(url, seed, events, redis_cfg), tokens });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(serve(listener, router(api)));
+    base
+}
+
+/// Watches a Redis server's MONITOR stream and counts the commands clients sent (not those
+/// run inside scripts) between two markers.
+struct Monitor {
+    lines: tokio::io::Lines<BufReader<tokio::net::TcpStream>>,
+    marker: tokio::net::TcpStream,
+    n: u32,
+}
+
+impl Monitor {
+    async fn start(port: u16) -> Self {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"MONITOR\r\n").await.unwrap();
+        let mut lines = BufReader::new(s).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("+OK"));
+        let marker = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut m = Self { lines, marker, n: 0 };
+        m.commands_since_last_mark().await;
+        m
+    }
+
+    /// Client commands seen since the previous call, by name.
+    async fn commands_since_last_mark(&mut self) -> Vec<String> {
+        self.n += 1;
+        let mark = format!("orchsim-mark-{}", self.n);
+        let cmd = format!("*2\r\n$4\r\nECHO\r\n${}\r\n{}\r\n", mark.len(), mark);
+        self.marker.write_all(cmd.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line()).await.expect("monitor stalled").unwrap().expect("monitor closed");
+            if line.contains(&mark) {
+                return seen;
+            }
+            if line.contains(" lua]") || line.contains("orchsim-mark-") {
+                continue;
+            }
+            // +<time> [<db> <addr>] "<command>" ...
+            if let Some(name) = line.split('"').nth(1) {
+                seen.push(name.to_lowercase());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn new_turn_costs_exactly_two_redis_round_trips_and_a_replay_one() {
+    let Some(server) = RedisServer::start() else { return };
+    let o = redis_orch(&server.url(), 1, Arc::new(Events::default()), RedisConfig::default());
+    let cid = o.create("alice", "lead").await.unwrap();
+    // Warm up: the first use of each script costs a NOSCRIPT and a SCRIPT LOAD.
+    o.turn(&TurnRequest { conversation_id: cid.clone(), user: "alice".into(), idempotency_key: "warm".into(), query: "email is a@x.io".into() }).await.unwrap();
+    let mut mon = Monitor::start(server.port).await;
+
+    let r = TurnRequest { conversation_id: cid.clone(), user: "alice".into(), idempotency_key: "k1".into(), query: "phone is 555".into() };
+    let first = o.turn(&r).await.unwrap();
+    assert!(!first.replayed);
+    assert_eq!(mon.commands_since_last_mark().await, vec!["evalsha", "evalsha"], "a new turn is Begin + Commit");
+
+    let again = o.turn(&r).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(mon.commands_since_last_mark().await, vec!["evalsha"], "a replay is Begin alone");
+
+    let reused = o.turn(&TurnRequest { query: "phone is 666".into(), ..r.clone() }).await;
+    assert_eq!(reused, Err(TurnError::KeyReused));
+    assert_eq!(mon.commands_since_last_mark().await, vec!["evalsha"], "a 422 is Begin alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_redis_lose_no_acknowledged_field_under_100_concurrent_turns() {
+    let Some(redis) = TestRedis::get() else { return };
+    let events = Arc::new(Events::default());
+    let workers = [
+        spawn_worker(&redis.url(), 1, events.clone(), RedisConfig::default()).await,
+        spawn_worker(&redis.url(), 2, events.clone(), RedisConfig::default()).await,
+    ];
+    let fields = workflow::workflow("profile").unwrap().required;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let (s, _, body) = http(&workers[0], "POST", "/v1/conversations", Some("demo"), None, r#"{"workflow":"profile"}"#).await;
+        assert_eq!(s, 201);
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    let mut tasks = Vec::new();
+    for (c, id) in ids.iter().enumerate() {
+        for (i, f) in fields.iter().enumerate() {
+            let base = workers[(c + i) % 2].clone();
+            let path = format!("/v1/conversations/{id}/turns");
+            let body = format!(r#"{{"query":"{f} is v{c}-{i}"}}"#);
+            let key = format!("c{c}-f{i}");
+            tasks.push(tokio::spawn(async move {
+                // A client retrying 503 and 409 with the same key, bounded.
+                for attempt in 0..400u64 {
+                    let (s, _, resp) = http(&base, "POST", &path, Some("demo"), Some(&key), &body).await;
+                    match s {
+                        200 => return resp,
+                        503 | 409 => tokio::time::sleep(Duration::from_millis(5 + attempt % 7)).await,
+                        other => panic!("unexpected {other}: {resp}"),
+                    }
+                }
+                panic!("turn {key} never succeeded");
+            }));
+        }
+    }
+    let mut acknowledged: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for t in tasks {
+        let resp = t.await.unwrap();
+        let cid = resp["conversationId"].as_str().unwrap().to_string();
+        for x in resp["extracted"].as_array().unwrap() {
+            acknowledged.entry(cid.clone()).or_default().insert(x["field"].as_str().unwrap().into(), x["value"].as_str().unwrap().into());
+        }
+    }
+    for id in &ids {
+        let (s, _, body) = http(&workers[1], "GET", &format!("/v1/conversations/{id}"), Some("demo"), None, "").await;
+        assert_eq!(s, 200);
+        let st = &body["workflowState"];
+        for (f, v) in &acknowledged[id] {
+            assert_eq!(st["collectedData"][f].as_str(), Some(v.as_str()), "acknowledged {f} lost in {id}");
+        }
+        assert_eq!(st["version"].as_u64().unwrap() as usize, events.commits_of(id), "version must count successful commits");
+        assert_eq!(st["version"], 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_gives_503_then_the_same_worker_recovers_and_nothing_acknowledged_is_lost() {
+    let Some(mut redis) = RedisServer::start_persistent() else { return };
+    let cfg = RedisConfig { connect_timeout_ms: 300, response_timeout_ms: 500, reconnect_backoff_base_ms: 20, reconnect_backoff_max_ms: 300 };
+    let base = spawn_worker(&redis.url(), 1, Arc::new(Events::default()), cfg).await;
+    let (_, _, body) = http(&base, "POST", "/v1/conversations", Some("demo"), None, r#"{"workflow":"lead"}"#).await;
+    let id = body["id"].as_str().unwrap().to_string();
+    let turns = format!("/v1/conversations/{id}/turns");
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k1"), r#"{"query":"email is a@x.io"}"#).await.0, 200);
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k2"), r#"{"query":"phone is 555"}"#).await.0, 200);
+
+    redis.kill();
+    // Every request answers 503 + Retry-After within the request deadline: never a 500, never a hang.
+    const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+    for i in 0..5 {
+        let (s, h, body) = tokio::time::timeout(REQUEST_DEADLINE, http(&base, "POST", &turns, Some("demo"), Some("k3"), r#"{"query":"company is ACME"}"#))
+            .await
+            .expect("request hung with Redis down");
+        assert_eq!(s, 503, "attempt {i}: {body}");
+        assert!(h.contains_key("retry-after"));
+        let (s, _, _) = tokio::time::timeout(REQUEST_DEADLINE, http(&base, "GET", &format!("/v1/conversations/{id}"), Some("demo"), None, "")).await.unwrap();
+        assert_eq!(s, 503);
+    }
+
+    redis.restart();
+    // The same worker process reconnects by itself (bounded retries while it backs off).
+    let mut done = None;
+    for _ in 0..200 {
+        let (s, _, body) = http(&base, "POST", &turns, Some("demo"), Some("k3"), r#"{"query":"company is ACME"}"#).await;
+        if s == 200 {
+            done = Some(body);
+            break;
+        }
+        assert_eq!(s, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = done.expect("worker never recovered after Redis restarted");
+    let data = &body["workflowState"]["collectedData"];
+    assert_eq!(data["email"], "a@x.io", "acknowledged before the kill, lost");
+    assert_eq!(data["phone"], "555", "acknowledged before the kill, lost");
+    assert_eq!(data["company"], "ACME");
+    assert_eq!(body["workflowState"]["version"], 3);
+}
