@@ -3,6 +3,9 @@
 //! function, a contended case (100 concurrent turns over 10 conversations), and the same 100
 //! conversations through HTTP on loopback. Besides criterion's timings it prints turns/s and
 //! lease-acquire p50/p99 (first Begin of a turn → lease taken, retries included).
+//! When `redis-server` is on PATH it also runs the 100 conversations on a `RedisStore` and
+//! prints `redis-benchmark`'s SET ops/s at 100 clients and the ratio of our turns/s to
+//! that limit divided by 2 round trips per turn.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use orchestrator::http::{router, serve, Api};
@@ -62,7 +65,7 @@ impl<S: Store> Store for Timed<S> {
     }
 }
 
-type Orch = Orchestrator<Arc<Timed<MemStore>>, Arc<ScriptedCopilot>, Arc<RecordingEffects>>;
+type Orch<S = MemStore> = Orchestrator<Arc<Timed<S>>, Arc<ScriptedCopilot>, Arc<RecordingEffects>>;
 
 fn embedded(seed: u64) -> (Arc<Orch>, Arc<Timed<MemStore>>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -82,7 +85,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-async fn turn_retrying(o: &Orch, r: &TurnRequest) -> TurnResponse {
+async fn turn_retrying<S: Store>(o: &Orch<S>, r: &TurnRequest) -> TurnResponse {
     for _ in 0..1000 {
         match o.turn(r).await {
             Ok(resp) => return resp,
@@ -94,7 +97,7 @@ async fn turn_retrying(o: &Orch, r: &TurnRequest) -> TurnResponse {
 }
 
 /// 100 conversations at once, each through the lead workflow; returns turns done.
-async fn hundred_conversations(o: &Arc<Orch>, round: u64) -> usize {
+async fn hundred_conversations<S: Store>(o: &Arc<Orch<S>>, round: u64) -> usize {
     let mut ids = Vec::with_capacity(CONVERSATIONS);
     for _ in 0..CONVERSATIONS {
         ids.push(o.create("bench", "lead").await.unwrap());
@@ -119,7 +122,7 @@ async fn hundred_conversations(o: &Arc<Orch>, round: u64) -> usize {
 }
 
 /// 100 concurrent turns over 10 conversations (10 fields of `profile` each).
-async fn contended(o: &Arc<Orch>, round: u64) -> usize {
+async fn contended<S: Store>(o: &Arc<Orch<S>>, round: u64) -> usize {
     let fields = workflow::workflow("profile").unwrap().required;
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -156,9 +159,9 @@ fn report(name: &str, turns: usize, wall: Duration, mut acquire_us: Vec<u64>) {
     );
 }
 
-fn summary<F, Fut>(rt: &tokio::runtime::Runtime, name: &str, o: &Arc<Orch>, store: &Timed<MemStore>, rounds: u64, f: F)
+fn summary<S: Store, F, Fut>(rt: &tokio::runtime::Runtime, name: &str, o: &Arc<Orch<S>>, store: &Timed<S>, rounds: u64, f: F) -> f64
 where
-    F: Fn(Arc<Orch>, u64) -> Fut,
+    F: Fn(Arc<Orch<S>>, u64) -> Fut,
     Fut: std::future::Future<Output = usize>,
 {
     store.take_samples();
@@ -167,7 +170,9 @@ where
     for round in 0..rounds {
         turns += rt.block_on(f(o.clone(), 1_000_000 + round));
     }
-    report(name, turns, start.elapsed(), store.take_samples());
+    let wall = start.elapsed();
+    report(name, turns, wall, store.take_samples());
+    turns as f64 / wall.as_secs_f64()
 }
 
 fn bench_embedded(c: &mut Criterion) {
@@ -265,9 +270,82 @@ fn bench_http(c: &mut Criterion) {
     g.finish();
 }
 
+// ---- Redis ----------------------------------------------------------------------------
+
+/// A throwaway `redis-server` for the bench, killed on drop.
+struct BenchRedis(std::process::Child, u16);
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<BenchRedis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let r = BenchRedis(child, port);
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(r);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// `redis-benchmark`'s requests/s for SET at 100 clients on the same server.
+fn redis_benchmark_set(port: u16) -> Option<f64> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", "100", "-n", "200000", "-t", "set", "--csv"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // CSV: "test","rps",...; the data row starts with "SET".
+    let row = text.lines().find(|l| l.starts_with("\"SET\""))?;
+    row.split(',').nth(1)?.trim_matches('"').parse().ok()
+}
+
+fn bench_redis(c: &mut Criterion) {
+    let Some(server) = start_redis() else {
+        println!("redis: SKIPPED (redis-server not on PATH)");
+        return;
+    };
+    let rt = runtime();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let redis = orchestrator::store::RedisStore::open(&format!("redis://127.0.0.1:{}", server.1), Default::default(), 3).unwrap();
+    let store = Arc::new(Timed::new(redis));
+    let o = Arc::new(Orchestrator::new(store.clone(), Arc::new(ScriptedCopilot::new()), Arc::new(RecordingEffects::new()), clock, SeededRng::from_seed(3), TurnConfig::default()));
+    rt.block_on(hundred_conversations(&o, 0));
+    let turns_per_s = summary(&rt, "redis/100-conversations", &o, &store, 10, |o, r| async move { hundred_conversations(&o, r).await });
+    match redis_benchmark_set(server.1) {
+        Some(ops) => println!(
+            "redis-benchmark SET, 100 clients: {ops:.0} ops/s; limit at 2 round trips per turn {:.0} turns/s; ratio turns/s / (ops/s / 2) = {:.2}",
+            ops / 2.0,
+            turns_per_s / (ops / 2.0)
+        ),
+        None => println!("redis-benchmark not available: no ratio"),
+    }
+    let mut g = c.benchmark_group("redis");
+    g.throughput(Throughput::Elements((CONVERSATIONS * LEAD_TURNS.len()) as u64));
+    let mut round = 100;
+    g.bench_function("100-conversations-lead-to-succeeded", |b| {
+        b.iter(|| {
+            round += 1;
+            rt.block_on(hundred_conversations(&o, round))
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = bench_embedded, bench_http
+    targets = bench_embedded, bench_http, bench_redis
 }
 criterion_main!(benches);
