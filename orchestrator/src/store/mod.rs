@@ -9,7 +9,7 @@
 //! conversation's version by exactly one.
 
 mod mem;
-mod redis;
+pub mod redis;
 
 pub use self::redis::{RedisConfig, RedisStore};
 pub use mem::MemStore;

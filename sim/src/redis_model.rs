@@ -1,0 +1,441 @@
+//! The Redis model: exactly the commands `RedisStore` and the `redis` crate send, with
+//! orchsim's Lua scripts executed natively (looked up by SHA1, `NOSCRIPT` until loaded).
+//! Anything else gets a Redis-style error. Expiry follows the clock the caller passes in
+//! (the Redis host's own clock in the simulation).
+//!
+//! The model is the serialisation point of the simulated system, so it also records every
+//! applied Commit: that order is the truth the fenced-single-writer checker reads.
+
+use crate::resp::{parse_request, Reply};
+use orchestrator::store::redis::scripts;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Val {
+    Str(Vec<u8>),
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    val: Val,
+    expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ScriptKind {
+    Begin,
+    Commit,
+    Release,
+    Extend,
+    Create,
+}
+
+/// A Commit the model applied, in application order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedCommit {
+    pub at_ms: u64,
+    pub cid: String,
+    pub fence: u64,
+    pub idem_key: String,
+    pub record: String,
+}
+
+fn sha1_hex(s: &str) -> String {
+    sha1_smol::Sha1::from(s.as_bytes()).digest().to_string()
+}
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+#[derive(Debug)]
+pub struct Model {
+    data: BTreeMap<Vec<u8>, Entry>,
+    known: BTreeMap<String, ScriptKind>,
+    loaded: BTreeSet<String>,
+    pub commits: Vec<AppliedCommit>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn int_arg(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// The conversation id inside a hash-tagged key `...{c:<cid>}...`.
+pub fn cid_of(key: &str) -> String {
+    key.split_once("{c:").and_then(|(_, r)| r.split_once('}')).map(|(c, _)| c.to_string()).unwrap_or_default()
+}
+
+impl Model {
+    pub fn new() -> Self {
+        let known = [
+            (scripts::BEGIN, ScriptKind::Begin),
+            (scripts::COMMIT, ScriptKind::Commit),
+            (scripts::RELEASE, ScriptKind::Release),
+            (scripts::EXTEND, ScriptKind::Extend),
+            (scripts::CREATE, ScriptKind::Create),
+        ]
+        .into_iter()
+        .map(|(src, k)| (sha1_hex(src), k))
+        .collect();
+        Self { data: BTreeMap::new(), known, loaded: BTreeSet::new(), commits: Vec::new() }
+    }
+
+    /// A restart without persistence of the script cache: every script must be loaded again.
+    pub fn forget_scripts(&mut self) {
+        self.loaded.clear();
+    }
+
+    fn live(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
+        if self.data.get(key).is_some_and(|e| e.expires_at_ms.is_some_and(|t| t <= now)) {
+            self.data.remove(key);
+        }
+        self.data.get_mut(key)
+    }
+
+    fn get(&mut self, key: &[u8], now: u64) -> Result<Option<Vec<u8>>, String> {
+        match self.live(key, now) {
+            None => Ok(None),
+            Some(Entry { val: Val::Str(v), .. }) => Ok(Some(v.clone())),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn hget(&mut self, key: &[u8], field: &[u8], now: u64) -> Result<Option<Vec<u8>>, String> {
+        match self.live(key, now) {
+            None => Ok(None),
+            Some(Entry { val: Val::Hash(h), .. }) => Ok(h.get(field).cloned()),
+            Some(_) => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn hset(&mut self, key: &[u8], pairs: &[(&[u8], &[u8])], now: u64) -> Result<i64, String> {
+        if self.live(key, now).is_none() {
+            self.data.insert(key.to_vec(), Entry { val: Val::Hash(BTreeMap::new()), expires_at_ms: None });
+        }
+        match self.data.get_mut(key) {
+            Some(Entry { val: Val::Hash(h), .. }) => {
+                let mut added = 0;
+                for (f, v) in pairs {
+                    if h.insert(f.to_vec(), v.to_vec()).is_none() {
+                        added += 1;
+                    }
+                }
+                Ok(added)
+            }
+            _ => Err(WRONGTYPE.into()),
+        }
+    }
+
+    fn del(&mut self, key: &[u8], now: u64) -> i64 {
+        let existed = self.live(key, now).is_some();
+        self.data.remove(key);
+        existed as i64
+    }
+
+    fn pexpire(&mut self, key: &[u8], ms: i64, now: u64) -> i64 {
+        if ms <= 0 {
+            return self.del(key, now);
+        }
+        match self.live(key, now) {
+            Some(e) => {
+                e.expires_at_ms = Some(now + ms as u64);
+                1
+            }
+            None => 0,
+        }
+    }
+
+    fn pttl(&mut self, key: &[u8], now: u64) -> i64 {
+        match self.live(key, now) {
+            None => -2,
+            Some(Entry { expires_at_ms: None, .. }) => -1,
+            Some(Entry { expires_at_ms: Some(t), .. }) => (*t - now) as i64,
+        }
+    }
+
+    fn set_nx_px(&mut self, key: &[u8], val: &[u8], ms: i64, now: u64) -> bool {
+        if self.live(key, now).is_some() {
+            return false;
+        }
+        self.data.insert(key.to_vec(), Entry { val: Val::Str(val.to_vec()), expires_at_ms: Some(now + ms.max(1) as u64) });
+        true
+    }
+
+    fn incr(&mut self, key: &[u8], now: u64) -> Result<i64, String> {
+        let cur = match self.get(key, now)? {
+            None => 0,
+            Some(v) => int_arg(&v).ok_or("ERR value is not an integer or out of range")?,
+        };
+        let next = cur + 1;
+        let exp = self.live(key, now).and_then(|e| e.expires_at_ms);
+        self.data.insert(key.to_vec(), Entry { val: Val::Str(next.to_string().into_bytes()), expires_at_ms: exp });
+        Ok(next)
+    }
+
+    /// Executes one client request at time `now_ms` on this Redis's clock.
+    pub fn exec(&mut self, args: &[Vec<u8>], now_ms: u64) -> Reply {
+        let Some(name) = args.first() else { return Reply::err("ERR empty command") };
+        let name = s(name).to_ascii_uppercase();
+        let argc = args.len();
+        let wrong_args = || Reply::err(format!("ERR wrong number of arguments for '{}' command", name.to_lowercase()));
+        match name.as_str() {
+            "PING" => match argc {
+                1 => Reply::Status("PONG".into()),
+                2 => Reply::Bulk(args[1].clone()),
+                _ => wrong_args(),
+            },
+            "ECHO" if argc == 2 => Reply::Bulk(args[1].clone()),
+            "CLIENT" if argc >= 2 && s(&args[1]).eq_ignore_ascii_case("SETINFO") => {
+                if argc == 4 { Reply::ok() } else { wrong_args() }
+            }
+            "SELECT" if argc == 2 => {
+                if args[1] == b"0" { Reply::ok() } else { Reply::err("ERR DB index is out of range") }
+            }
+            "FLUSHALL" => {
+                self.data.clear();
+                Reply::ok()
+            }
+            "GET" if argc == 2 => match self.get(&args[1], now_ms) {
+                Ok(Some(v)) => Reply::Bulk(v),
+                Ok(None) => Reply::Nil,
+                Err(e) => Reply::err(e),
+            },
+            "HGET" if argc == 3 => match self.hget(&args[1], &args[2], now_ms) {
+                Ok(Some(v)) => Reply::Bulk(v),
+                Ok(None) => Reply::Nil,
+                Err(e) => Reply::err(e),
+            },
+            "HMGET" if argc >= 3 => {
+                let mut out = Vec::new();
+                for f in &args[2..] {
+                    match self.hget(&args[1], f, now_ms) {
+                        Ok(Some(v)) => out.push(Reply::Bulk(v)),
+                        Ok(None) => out.push(Reply::Nil),
+                        Err(e) => return Reply::err(e),
+                    }
+                }
+                Reply::Array(out)
+            }
+            "DEL" if argc >= 2 => Reply::Int(args[1..].iter().map(|k| self.del(k, now_ms)).sum()),
+            "EXISTS" if argc >= 2 => Reply::Int(args[1..].iter().map(|k| self.live(k, now_ms).is_some() as i64).sum()),
+            "PTTL" if argc == 2 => Reply::Int(self.pttl(&args[1], now_ms)),
+            "SCRIPT" if argc >= 2 => match s(&args[1]).to_ascii_uppercase().as_str() {
+                "LOAD" if argc == 3 => {
+                    let sha = sha1_hex(&s(&args[2]));
+                    if self.known.contains_key(&sha) {
+                        self.loaded.insert(sha.clone());
+                        Reply::Bulk(sha.into_bytes())
+                    } else {
+                        Reply::err("ERR the orchsim Redis model runs only orchsim's own scripts")
+                    }
+                }
+                "FLUSH" => {
+                    self.loaded.clear();
+                    Reply::ok()
+                }
+                _ => Reply::err(format!("ERR unknown subcommand '{}'", s(&args[1]))),
+            },
+            "EVALSHA" | "EVAL" if argc >= 3 => {
+                let sha = if name == "EVAL" { sha1_hex(&s(&args[1])) } else { s(&args[1]).to_ascii_lowercase() };
+                let Some(kind) = self.known.get(&sha).copied() else {
+                    return if name == "EVAL" {
+                        Reply::err("ERR the orchsim Redis model runs only orchsim's own scripts")
+                    } else {
+                        Reply::err("NOSCRIPT No matching script. Please use EVAL.")
+                    };
+                };
+                if name == "EVAL" {
+                    self.loaded.insert(sha.clone());
+                } else if !self.loaded.contains(&sha) {
+                    return Reply::err("NOSCRIPT No matching script. Please use EVAL.");
+                }
+                let Some(nkeys) = int_arg(&args[2]).filter(|n| *n >= 0 && (*n as usize) <= argc - 3) else {
+                    return Reply::err("ERR Number of keys can't be greater than number of args");
+                };
+                let keys = &args[3..3 + nkeys as usize];
+                let argv = &args[3 + nkeys as usize..];
+                match self.run_script(kind, keys, argv, now_ms) {
+                    Ok(r) => r,
+                    Err(e) => Reply::err(format!("ERR Error running script: {e}")),
+                }
+            }
+            _ => Reply::err(format!(
+                "ERR unknown command '{}', with args beginning with: {}",
+                name.to_lowercase(),
+                args[1..].iter().map(|a| format!("'{}' ", s(a))).collect::<String>()
+            )),
+        }
+    }
+
+    fn run_script(&mut self, kind: ScriptKind, keys: &[Vec<u8>], argv: &[Vec<u8>], now: u64) -> Result<Reply, String> {
+        let need = |k: usize, a: usize| if keys.len() < k || argv.len() < a { Err("script called with too few keys or arguments".to_string()) } else { Ok(()) };
+        let ms = |b: &[u8]| int_arg(b).ok_or_else(|| "value is not an integer or out of range".to_string());
+        match kind {
+            ScriptKind::Begin => {
+                need(4, 4)?;
+                let (state, lock, fence, idem) = (&keys[0], &keys[1], &keys[2], &keys[3]);
+                let owner = self.hget(state, b"owner", now)?;
+                let record = self.hget(state, b"record", now)?;
+                if owner.as_deref() != Some(&argv[0][..]) {
+                    return Ok(Reply::Array(vec![Reply::bulk("notfound")]));
+                }
+                let status = self.hget(idem, b"status", now)?;
+                if let Some(status) = status {
+                    let fp = self.hget(idem, b"fp", now)?;
+                    if fp.as_deref() != Some(&argv[1][..]) {
+                        return Ok(Reply::Array(vec![Reply::bulk("reused")]));
+                    }
+                    if status == b"done" {
+                        let resp = self.hget(idem, b"resp", now)?;
+                        return Ok(Reply::Array(vec![Reply::bulk("replay"), resp.map(Reply::Bulk).unwrap_or(Reply::Nil), lua_opt(record)]));
+                    }
+                    return Ok(Reply::Array(vec![Reply::bulk("inflight")]));
+                }
+                let ttl = ms(&argv[3])?;
+                if self.set_nx_px(lock, &argv[2], ttl, now) {
+                    let f = self.incr(fence, now)?;
+                    self.hset(idem, &[(b"status", b"inflight"), (b"fp", &argv[1]), (b"owner", &argv[2])], now)?;
+                    self.pexpire(idem, ttl, now);
+                    return Ok(Reply::Array(vec![Reply::bulk("acquired"), Reply::Int(f), lua_opt(record)]));
+                }
+                Ok(Reply::Array(vec![Reply::bulk("busy"), Reply::Int(self.pttl(lock, now))]))
+            }
+            ScriptKind::Commit => {
+                need(4, 6)?;
+                let (state, lock, fence, idem) = (&keys[0], &keys[1], &keys[2], &keys[3]);
+                let cur = self.get(fence, now)?.map(|v| lua_tonumber(&v)).unwrap_or(Some(0.0));
+                if cur != lua_tonumber(&argv[1]) {
+                    return Ok(Reply::Int(0));
+                }
+                let holder = self.get(lock, now)?;
+                if holder.as_ref().is_some_and(|h| h[..] != argv[0][..]) {
+                    return Ok(Reply::Int(0));
+                }
+                self.hset(state, &[(b"record", &argv[2])], now)?;
+                self.del(idem, now);
+                self.hset(idem, &[(b"status", b"done"), (b"fp", &argv[5]), (b"resp", &argv[3])], now)?;
+                self.pexpire(idem, ms(&argv[4])?, now);
+                if holder.is_some() {
+                    self.del(lock, now);
+                }
+                let key = s(state);
+                self.commits.push(AppliedCommit {
+                    at_ms: now,
+                    cid: cid_of(&key),
+                    fence: int_arg(&argv[1]).unwrap_or(-1) as u64,
+                    idem_key: s(idem),
+                    record: s(&argv[2]),
+                });
+                Ok(Reply::Int(1))
+            }
+            ScriptKind::Release => {
+                need(2, 1)?;
+                let (lock, idem) = (&keys[0], &keys[1]);
+                if self.hget(idem, b"status", now)?.as_deref() == Some(b"inflight") && self.hget(idem, b"owner", now)?.as_deref() == Some(&argv[0][..]) {
+                    self.del(idem, now);
+                }
+                if self.get(lock, now)?.as_deref() == Some(&argv[0][..]) {
+                    self.del(lock, now);
+                    return Ok(Reply::Int(1));
+                }
+                Ok(Reply::Int(0))
+            }
+            ScriptKind::Extend => {
+                need(2, 2)?;
+                let (lock, idem) = (&keys[0], &keys[1]);
+                if self.get(lock, now)?.as_deref() == Some(&argv[0][..]) {
+                    let ttl = ms(&argv[1])?;
+                    self.pexpire(lock, ttl, now);
+                    if self.hget(idem, b"owner", now)?.as_deref() == Some(&argv[0][..]) {
+                        self.pexpire(idem, ttl, now);
+                    }
+                    return Ok(Reply::Int(1));
+                }
+                Ok(Reply::Int(0))
+            }
+            ScriptKind::Create => {
+                need(1, 2)?;
+                if self.live(&keys[0], now).is_some() {
+                    return Ok(Reply::Int(0));
+                }
+                self.hset(&keys[0], &[(b"owner", &argv[0]), (b"record", &argv[1])], now)?;
+                Ok(Reply::Int(1))
+            }
+        }
+    }
+
+    /// The stored record of a conversation, for the end-of-run checks.
+    pub fn record_of(&mut self, cid: &str, now_ms: u64) -> Option<String> {
+        let key = orchestrator::store::keys::state(cid);
+        self.hget(key.as_bytes(), b"record", now_ms).ok().flatten().map(|v| s(&v))
+    }
+}
+
+/// Lua's view of a missing hash field (`false`) converted back to a reply: nil.
+fn lua_opt(v: Option<Vec<u8>>) -> Reply {
+    v.map(Reply::Bulk).unwrap_or(Reply::Nil)
+}
+
+/// Lua's `tonumber` on a Redis string: the comparison in the Commit script.
+fn lua_tonumber(b: &[u8]) -> Option<f64> {
+    std::str::from_utf8(b).ok()?.trim().parse().ok()
+}
+
+/// Bound on connections the model serves at once.
+pub const MODEL_CONNECTIONS_MAX: usize = 256;
+
+/// Serves the model on a turmoil listener until the host stops. `now_ms` reads the Redis
+/// host's own clock.
+pub async fn serve(model: Arc<Mutex<Model>>, port: u16, now_ms: fn() -> u64) -> turmoil::Result {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MODEL_CONNECTIONS_MAX));
+    loop {
+        let permit = slots.clone().acquire_owned().await?;
+        let (mut stream, _) = listener.accept().await?;
+        let model = model.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut out = Vec::new();
+                let mut consumed = 0;
+                loop {
+                    match parse_request(&buf[consumed..]) {
+                        Ok(Some((args, used))) => {
+                            consumed += used;
+                            let reply = model.lock().unwrap_or_else(|p| p.into_inner()).exec(&args, now_ms());
+                            reply.encode(&mut out);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            Reply::err(e).encode(&mut out);
+                            let _ = stream.write_all(&out).await;
+                            return;
+                        }
+                    }
+                }
+                buf.drain(..consumed);
+                if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
