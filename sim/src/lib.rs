@@ -1,7 +1,26 @@
-//! The deterministic simulation harness: runs the real orchestrator in seeded turmoil worlds.
+//! The deterministic simulation harness: runs the real orchestrator in seeded turmoil worlds,
+//! checks invariants over the history, and reproduces any failure from its seed.
 //!
 //! Codemap:
-//! - [`resp`] — RESP2 framing for the Redis model.
-//! - [`redis_model`] — the Redis model: our commands and scripts, expiry on the host clock.
+//! - [`world`] — options → one turmoil simulation (hosts: redis, copilot, workers, clients).
+//! - [`redis_model`], [`resp`] — the Redis model and its wire format.
+//! - [`copilot_host`] — the fake LLM host.
+//! - [`client`] — simulated users and their retries and duplicate deliveries.
+//! - [`sink`] — the effects sink.
+//! - [`faults`] — the serialisable fault plan.
+//! - [`history`] — the event log, trace hash, JSON lines.
+//! - [`checkers`] — the invariants, read from the history after the run.
+//! - [`report`] — a run's verdict, failure report and replay command.
+//! - [`net`] — turmoil behind the orchestrator's connector and listener seams.
+
+pub mod checkers;
+pub mod client;
+pub mod copilot_host;
+pub mod faults;
+pub mod history;
+pub mod net;
 pub mod redis_model;
+pub mod report;
 pub mod resp;
+pub mod sink;
+pub mod world;

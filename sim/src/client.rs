@@ -1,0 +1,281 @@
+//! Simulated users: each creates conversations and drives them to a terminal step through
+//! random workers, several turns in flight at once, retrying 503/409/timeouts with the same
+//! idempotency key and jittered backoff, and (during a duplicates episode) delivering the same
+//! request and key again to another worker, concurrently or late.
+//!
+//! Field values are tagged `<user>.<conversation>.<field>` so any cross-user leak shows.
+
+use crate::history::{sim_now_ms, Ev, History};
+use crate::net::TurmoilConnector;
+use crate::world::Options;
+use crate::faults::FaultPlan;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use orchestrator::net::Connector;
+use orchestrator::workflow::{self, Step};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A client waits this long for any answer; past it the request counts as hung.
+pub const REQUEST_DEADLINE_MS: u64 = 20_000;
+/// Attempts per turn (same key) before the client gives up on it.
+pub const TURN_ATTEMPTS_MAX: u32 = 40;
+/// Attempts to create a conversation.
+pub const CREATE_ATTEMPTS_MAX: u32 = 20;
+/// Extra turns after the script to bring a conversation to a terminal step.
+pub const LIVENESS_TURNS_MAX: u32 = 12;
+
+pub struct Shared {
+    pub opts: Options,
+    pub plan: Arc<FaultPlan>,
+    pub history: History,
+    pub next_req: AtomicU64,
+    /// Conversation id → owner, as clients learned them.
+    pub owners: Mutex<BTreeMap<String, String>>,
+    pub seed: u64,
+}
+
+pub fn token_of(user: &str) -> String {
+    format!("tok-{user}")
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+struct Client {
+    name: String,
+    shared: Arc<Shared>,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Client {
+    fn below(&self, n: u64) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).random_range(0..n)
+    }
+
+    fn chance(&self, pct: u32) -> bool {
+        self.below(100) < pct as u64
+    }
+
+    fn worker(&self, not: Option<usize>) -> usize {
+        let n = self.shared.opts.workers;
+        let w = self.below(n as u64) as usize;
+        match not {
+            Some(x) if n > 1 && w == x => (w + 1) % n,
+            _ => w,
+        }
+    }
+
+    /// One HTTP request to one worker, logged as invoke + response.
+    #[allow(clippy::too_many_arguments)]
+    async fn request(&self, worker: usize, user: &str, op: &str, method: &str, path: String, cid: Option<&str>, key: Option<&str>, body: Value, duplicate: bool) -> Option<Answer> {
+        let req = self.shared.next_req.fetch_add(1, Ordering::SeqCst);
+        let host = format!("worker-{worker}");
+        let query = body.get("query").and_then(|q| q.as_str()).map(String::from);
+        self.shared.history.push(Ev::Invoke {
+            req,
+            client: self.name.clone(),
+            user: user.into(),
+            worker: host.clone(),
+            op: op.into(),
+            cid: cid.map(String::from),
+            key: key.map(String::from),
+            query,
+            duplicate,
+        });
+        let fut = async {
+            let io = TurmoilConnector.connect(&host, 80).await.map_err(|e| format!("connect: {e}"))?;
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut b = hyper::Request::builder().method(method).uri(path.as_str()).header("host", host.as_str()).header("authorization", format!("Bearer {}", token_of(user)));
+            if let Some(k) = key {
+                b = b.header("idempotency-key", k);
+            }
+            let r = b.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
+            let resp = tx.send_request(r).await.map_err(|e| format!("send: {e}"))?;
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().contains_key("retry-after");
+            let bytes = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+            Ok::<_, String>((status, retry_after, v))
+        };
+        match tokio::time::timeout(Duration::from_millis(REQUEST_DEADLINE_MS), fut).await {
+            Ok(Ok((status, retry_after, body))) => {
+                self.shared.history.push(Ev::Response { req, status, retry_after, body: body.clone() });
+                Some(Answer { status, body })
+            }
+            Ok(Err(reason)) => {
+                self.shared.history.push(Ev::NoResponse { req, reason });
+                None
+            }
+            Err(_) => {
+                self.shared.history.push(Ev::NoResponse { req, reason: format!("no answer within {REQUEST_DEADLINE_MS} ms") });
+                None
+            }
+        }
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        let cap = (50u64 << attempt.min(4)).min(800);
+        tokio::time::sleep(Duration::from_millis(cap / 2 + self.below(cap / 2 + 1))).await;
+    }
+
+    fn duplicates_now(&self) -> Option<(u32, u32)> {
+        let now = sim_now_ms();
+        if now >= self.shared.opts.heal_at_ms {
+            return None;
+        }
+        self.shared.plan.duplicates(now)
+    }
+
+    /// Sends one turn until it is answered 200 (or other final status), with retries under the
+    /// same key; returns the final 200 body, if any.
+    async fn turn(&self, user: &str, cid: &str, key: &str, query: &str) -> Option<Value> {
+        let path = format!("/v1/conversations/{cid}/turns");
+        let body = json!({ "query": query });
+        for attempt in 0..TURN_ATTEMPTS_MAX {
+            let w = self.worker(None);
+            let dup = self.duplicates_now();
+            let primary = self.request(w, user, "turn", "POST", path.clone(), Some(cid), Some(key), body.clone(), false);
+            let answer = match dup {
+                Some((concurrent, _)) if self.chance(concurrent) => {
+                    let other = self.worker(Some(w));
+                    let second = self.request(other, user, "turn", "POST", path.clone(), Some(cid), Some(key), body.clone(), true);
+                    let (a, b) = tokio::join!(primary, second);
+                    match (a, b) {
+                        (Some(a), _) if a.status == 200 => Some(a),
+                        (_, Some(b)) if b.status == 200 => Some(b),
+                        (a, _) => a,
+                    }
+                }
+                _ => primary.await,
+            };
+            match answer {
+                Some(a) if a.status == 200 => {
+                    if let Some((_, late)) = self.duplicates_now() {
+                        if self.chance(late) {
+                            let other = self.worker(Some(w));
+                            self.request(other, user, "turn", "POST", path.clone(), Some(cid), Some(key), body.clone(), true).await;
+                        }
+                    }
+                    return Some(a.body);
+                }
+                Some(a) if matches!(a.status, 503 | 409) => self.backoff(attempt).await,
+                Some(_) => return None,
+                None => self.backoff(attempt).await,
+            }
+        }
+        None
+    }
+
+    async fn create(&self, user: &str, wf: &str) -> Option<String> {
+        for attempt in 0..CREATE_ATTEMPTS_MAX {
+            let w = self.worker(None);
+            match self.request(w, user, "create", "POST", "/v1/conversations".into(), None, None, json!({ "workflow": wf }), false).await {
+                Some(a) if a.status == 201 => return a.body["id"].as_str().map(String::from),
+                _ => self.backoff(attempt).await,
+            }
+        }
+        None
+    }
+
+    async fn conversation(&self, user: String, conv: usize) {
+        let start = self.below(self.shared.opts.heal_at_ms / 2 + 1);
+        tokio::time::sleep(Duration::from_millis(start)).await;
+        let wf = if self.chance(70) { "lead" } else { "payment" };
+        let Some(cid) = self.create(&user, wf).await else { return };
+        self.shared.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(cid.clone(), user.clone());
+        let fields = workflow::workflow(wf).map(|w| w.required).unwrap_or(&[]);
+        // The script: every field (random order), noise, then yes (or rarely no).
+        let mut order: Vec<&str> = fields.to_vec();
+        for i in (1..order.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let mut script: Vec<String> = Vec::new();
+        for f in order {
+            if self.chance(self.shared.opts.noise_pct) {
+                script.push(if self.chance(50) { "hmm, not sure".into() } else { format!("maybe {f} is guess-{user}") });
+            }
+            script.push(format!("{f} is {user}.c{conv}.{f}"));
+        }
+        script.push(if self.chance(5) { "no".into() } else { "yes".into() });
+
+        let mut last: Option<Value> = None;
+        let mut i = 0;
+        while i < script.len() {
+            let concurrent = i + 1 < script.len() - 1 && self.chance(self.shared.opts.concurrent_pct);
+            if concurrent {
+                let (ka, kb) = (format!("c{conv}-{i}"), format!("c{conv}-{}", i + 1));
+                let (a, b) = tokio::join!(self.turn(&user, &cid, &ka, &script[i]), self.turn(&user, &cid, &kb, &script[i + 1]));
+                last = newest(newest(last, a), b);
+                i += 2;
+            } else {
+                let r = self.turn(&user, &cid, &format!("c{conv}-{i}"), &script[i]).await;
+                last = newest(last, r);
+                i += 1;
+            }
+            if terminal(&last) {
+                return;
+            }
+        }
+        // Liveness: drive what is left to a terminal step.
+        for extra in 0..LIVENESS_TURNS_MAX {
+            if terminal(&last) {
+                return;
+            }
+            let state = last.as_ref().map(|v| v["workflowState"].clone()).unwrap_or(Value::Null);
+            let q = match state["step"].as_str() {
+                Some("confirming") => "yes".to_string(),
+                _ => match fields.iter().find(|f| state["collectedData"][**f].is_null()) {
+                    Some(f) => format!("{f} is {user}.c{conv}.{f}"),
+                    None => "yes".to_string(),
+                },
+            };
+            let r = self.turn(&user, &cid, &format!("c{conv}-x{extra}"), &q).await;
+            last = newest(last, r);
+        }
+    }
+}
+
+fn version(v: &Option<Value>) -> u64 {
+    v.as_ref().and_then(|v| v["workflowState"]["version"].as_u64()).unwrap_or(0)
+}
+
+fn newest(a: Option<Value>, b: Option<Value>) -> Option<Value> {
+    if version(&b) >= version(&a) && b.is_some() { b } else { a }
+}
+
+fn terminal(v: &Option<Value>) -> bool {
+    v.as_ref().and_then(|v| v["workflowState"]["step"].as_str()).and_then(Step::parse).is_some_and(Step::is_terminal)
+}
+
+/// The software of client host `idx`: its users' conversations, concurrently.
+pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
+    let seed = shared.seed ^ (0xC11E_0000 + idx as u64);
+    let client = Arc::new(Client { name: format!("client-{idx}"), shared: shared.clone(), rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) });
+    let mut tasks = Vec::new();
+    for u in 0..shared.opts.users_per_client {
+        let user = format!("u{idx}x{u}");
+        for conv in 0..shared.opts.conversations_per_user {
+            let (c, user) = (client.clone(), user.clone());
+            tasks.push(tokio::spawn(async move { c.conversation(user, conv).await }));
+        }
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}

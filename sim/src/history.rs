@@ -1,0 +1,116 @@
+//! The history: one log of every client invoke and response and every server event (lease,
+//! Copilot call, transition, commit, replay, submission), stamped with simulated time.
+//! Observers read it after the run; checkers never drive the run.
+
+use orchestrator::turn::{Extracted, Observer, ServerEvent};
+use orchestrator::workflow::Step;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ev {
+    /// A client sent a request.
+    Invoke {
+        req: u64,
+        client: String,
+        user: String,
+        worker: String,
+        op: String,
+        cid: Option<String>,
+        key: Option<String>,
+        query: Option<String>,
+        duplicate: bool,
+    },
+    /// A client got an answer.
+    Response { req: u64, status: u16, retry_after: bool, body: serde_json::Value },
+    /// A client gave up waiting (the request deadline passed, or the connection failed).
+    NoResponse { req: u64, reason: String },
+    LeaseTaken { worker: String, cid: String, user: String, idem_key: String, fence: u64, version: u64 },
+    LeaseLost { worker: String, cid: String, fence: u64 },
+    CopilotCalled { worker: String, cid: String, fence: u64, ok: bool },
+    Transition { worker: String, cid: String, user: String, fence: u64, from: Step, to: Step, events: Vec<Extracted> },
+    Committed { worker: String, cid: String, user: String, idem_key: String, fence: u64, version: u64 },
+    CommitRejected { worker: String, cid: String, fence: u64 },
+    Replayed { worker: String, cid: String, user: String, idem_key: String, version: u64 },
+    Submitted { worker: String, cid: String, key: String, duplicate: bool },
+    /// The Redis model applied a Commit (the serialisation order).
+    ModelCommit { cid: String, fence: u64, version: u64, idem_key: String, record: serde_json::Value },
+    /// The Copilot host answered (with this latency).
+    CopilotReply { cid: String, latency_ms: u64, spike: bool },
+    /// The effects sink received a submission.
+    SinkReceived { cid: String, key: String, accepted: bool, data: serde_json::Value },
+    Phase { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub t_ms: u64,
+    #[serde(flatten)]
+    pub ev: Ev,
+}
+
+/// Simulated time since the start of the run (0 outside a simulation).
+pub fn sim_now_ms() -> u64 {
+    turmoil::sim_elapsed().map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    entries: Arc<Mutex<Vec<Entry>>>,
+}
+
+impl History {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&self, ev: Ev) {
+        let t_ms = sim_now_ms();
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).push(Entry { t_ms, ev });
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The trace as JSON lines: what is written to disk and what the trace hash covers.
+pub fn json_lines(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        out.push_str(&serde_json::to_string(e).unwrap_or_default());
+        out.push('\n');
+    }
+    out
+}
+
+/// SHA1 of the JSON-lines trace: equal hashes, equal runs.
+pub fn trace_hash(entries: &[Entry]) -> String {
+    sha1_smol::Sha1::from(json_lines(entries).as_bytes()).digest().to_string()[..16].to_string()
+}
+
+/// The orchestrator's observer inside a worker host.
+pub struct WorkerObserver {
+    pub worker: String,
+    pub history: History,
+}
+
+impl Observer for WorkerObserver {
+    fn event(&self, ev: ServerEvent) {
+        let w = self.worker.clone();
+        let ev = match ev {
+            ServerEvent::LeaseTaken { cid, user, idem_key, fence, version } => Ev::LeaseTaken { worker: w, cid, user, idem_key, fence, version },
+            ServerEvent::LeaseLost { cid, fence } => Ev::LeaseLost { worker: w, cid, fence },
+            ServerEvent::CopilotCalled { cid, fence, ok } => Ev::CopilotCalled { worker: w, cid, fence, ok },
+            ServerEvent::Transition { cid, user, fence, from, to, events } => {
+                Ev::Transition { worker: w, cid, user, fence, from, to, events: events.iter().map(Extracted::from).collect() }
+            }
+            ServerEvent::Committed { cid, user, idem_key, fence, version, .. } => Ev::Committed { worker: w, cid, user, idem_key, fence, version },
+            ServerEvent::CommitRejected { cid, fence } => Ev::CommitRejected { worker: w, cid, fence },
+            ServerEvent::Replayed { cid, user, idem_key, version } => Ev::Replayed { worker: w, cid, user, idem_key, version },
+            ServerEvent::Submitted { cid, key, duplicate } => Ev::Submitted { worker: w, cid, key, duplicate },
+        };
+        self.history.push(ev);
+    }
+}

@@ -1,0 +1,229 @@
+//! The world: from (options, fault plan, seed) to one turmoil simulation with hosts `redis`
+//! (the model), `copilot` (the fake LLM), `worker-N` (the real orchestrator: HTTP `serve` +
+//! `RedisStore` + `HttpCopilot` over simulated TCP) and `client-N` (users), run to the end.
+//!
+//! Every random choice comes from a ChaCha stream derived from the seed; turmoil gets
+//! `rng_seed` and a fixed `epoch`; host runtimes are seeded through `tokio_unstable`.
+
+use crate::client::{run_client, token_of, Shared};
+use crate::copilot_host::{self, CopilotHost};
+use crate::faults::{FaultKind, FaultPlan};
+use crate::history::{Entry, Ev, History, WorkerObserver};
+use crate::net::{TurmoilConnector, TurmoilListener};
+use crate::redis_model::{self, Model};
+use crate::sink::SimSink;
+use orchestrator::http::{router, serve, Api};
+use orchestrator::store::{ConversationRecord, RedisConfig, RedisStore};
+use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TokioClock, TurnConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+pub const REDIS_PORT: u16 = 6379;
+pub const HTTP_PORT: u16 = 80;
+
+/// Everything a run depends on besides the seed; printed in full before a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    pub scenario: String,
+    pub workers: usize,
+    pub clients: usize,
+    pub users_per_client: usize,
+    pub conversations_per_user: usize,
+    /// Fault kinds this seed enables (swarm testing).
+    pub fault_kinds: Vec<FaultKind>,
+    /// End of the safety phase: every fault stops here (heal), then liveness.
+    pub heal_at_ms: u64,
+    /// Bound on simulated time for the whole run.
+    pub run_limit_ms: u64,
+    pub tick_ms: u64,
+    pub net_latency_ms: (u64, u64),
+    pub copilot_latency_ms: (u64, u64),
+    pub lease_ttl_ms: u64,
+    pub lease_extend_every_ms: u64,
+    pub copilot_timeout_ms: u64,
+    pub acquire_deadline_ms: u64,
+    pub noise_pct: u32,
+    pub concurrent_pct: u32,
+}
+
+impl Options {
+    /// Defaults for a scenario; `scenarios` randomises them per seed.
+    pub fn base(scenario: &str) -> Self {
+        Self {
+            scenario: scenario.into(),
+            workers: 3,
+            clients: 2,
+            users_per_client: 2,
+            conversations_per_user: 1,
+            fault_kinds: FaultKind::ALL.to_vec(),
+            heal_at_ms: 10_000,
+            run_limit_ms: 300_000,
+            tick_ms: 5,
+            net_latency_ms: (1, 5),
+            copilot_latency_ms: (20, 300),
+            lease_ttl_ms: 2_000,
+            lease_extend_every_ms: 600,
+            copilot_timeout_ms: 5_000,
+            acquire_deadline_ms: 1_500,
+            noise_pct: 15,
+            concurrent_pct: 20,
+        }
+    }
+
+    pub fn turn_config(&self) -> TurnConfig {
+        TurnConfig {
+            lease_ttl_ms: self.lease_ttl_ms,
+            lease_extend_every_ms: self.lease_extend_every_ms,
+            copilot_timeout_ms: self.copilot_timeout_ms,
+            acquire_deadline_ms: self.acquire_deadline_ms,
+            ..TurnConfig::default()
+        }
+    }
+}
+
+/// A seed's sub-stream for one purpose: independent of how much other purposes draw.
+pub fn stream(seed: u64, purpose: u64) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(purpose);
+    r
+}
+
+pub const STREAM_PLAN: u64 = 1;
+pub const STREAM_COPILOT: u64 = 2;
+pub const STREAM_WORKERS: u64 = 3;
+pub const STREAM_TURMOIL: u64 = 4;
+pub const STREAM_OPTIONS: u64 = 5;
+
+pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
+    FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms)
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub history: Vec<Entry>,
+    /// Final record of every conversation the clients created, from the Redis model.
+    pub finals: BTreeMap<String, Option<ConversationRecord>>,
+    pub owners: BTreeMap<String, String>,
+    pub sim_ms: u64,
+    /// turmoil's error (a host failed, or the run hit `run_limit_ms`).
+    pub error: Option<String>,
+}
+
+fn redis_now_ms() -> u64 {
+    turmoil::elapsed().as_millis() as u64
+}
+
+pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
+    let history = History::new();
+    let mut turmoil_rng = stream(seed, STREAM_TURMOIL);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(turmoil_rng.random())
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .tick_duration(Duration::from_millis(opts.tick_ms))
+        .simulation_duration(Duration::from_millis(opts.run_limit_ms))
+        .min_message_latency(Duration::from_millis(opts.net_latency_ms.0))
+        .max_message_latency(Duration::from_millis(opts.net_latency_ms.1))
+        .build();
+
+    let model = Arc::new(Mutex::new(Model::new()));
+    {
+        let (model, history) = (model.clone(), history.clone());
+        sim.host("redis", move || {
+            let (model, history) = (model.clone(), history.clone());
+            async move {
+                let _ = &history;
+                redis_model::serve(model, REDIS_PORT, redis_now_ms).await
+            }
+        });
+    }
+
+    let plan = Arc::new(plan.clone());
+    {
+        let host = Arc::new(CopilotHost {
+            plan: plan.clone(),
+            history: history.clone(),
+            latency_ms: opts.copilot_latency_ms,
+            heal_at_ms: opts.heal_at_ms,
+            rng: Mutex::new(stream(seed, STREAM_COPILOT)),
+        });
+        sim.host("copilot", move || {
+            let host = host.clone();
+            async move {
+                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
+                serve(listener, copilot_host::router(host)).await;
+                Ok(())
+            }
+        });
+    }
+
+    let sink = Arc::new(SimSink::new(history.clone()));
+    let mut users = BTreeMap::new();
+    for c in 0..opts.clients {
+        for u in 0..opts.users_per_client {
+            let user = format!("u{c}x{u}");
+            users.insert(token_of(&user), user);
+        }
+    }
+    let mut worker_rng = stream(seed, STREAM_WORKERS);
+    for w in 0..opts.workers {
+        let name = format!("worker-{w}");
+        let worker_seed: u64 = worker_rng.random();
+        let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
+        let copilot_timeout_ms = opts.copilot_timeout_ms;
+        sim.host(format!("worker-{w}"), move || {
+            let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
+            async move {
+                let redis_cfg = RedisConfig { connect_timeout_ms: 1_000, response_timeout_ms: 1_000, reconnect_backoff_base_ms: 50, reconnect_backoff_max_ms: 1_000 };
+                let store = RedisStore::with_connector(TurmoilConnector, &format!("redis://redis:{REDIS_PORT}"), redis_cfg, worker_seed)
+                    .map_err(|e| e.to_string())?;
+                let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
+                    .map_err(|e| e.to_string())?;
+                let observer = Arc::new(WorkerObserver { worker: name.clone(), history });
+                let orch = Orchestrator::new(store, copilot, sink, Arc::new(TokioClock::new()), SeededRng::from_seed(worker_seed), cfg)
+                    .with_observer(observer);
+                let api = Arc::new(Api { orchestrator: orch, tokens });
+                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
+                serve(listener, router(api)).await;
+                Ok(())
+            }
+        });
+    }
+
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        plan: plan.clone(),
+        history: history.clone(),
+        next_req: AtomicU64::new(0),
+        owners: Mutex::new(BTreeMap::new()),
+        seed,
+    });
+    for c in 0..opts.clients {
+        let shared = shared.clone();
+        sim.client(format!("client-{c}"), run_client(shared, c));
+    }
+
+    let error = sim.run().err().map(|e| e.to_string());
+    let sim_ms = sim.elapsed().as_millis() as u64;
+
+    let owners = shared.owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
+    let mut entries = history.entries();
+    // The model's commits, in the order it applied them, join the history.
+    for c in &model.commits {
+        let record: serde_json::Value = serde_json::from_str(&c.record).unwrap_or_default();
+        let version = record["state"]["version"].as_u64().unwrap_or(0);
+        entries.push(Entry { t_ms: c.at_ms, ev: Ev::ModelCommit { cid: c.cid.clone(), fence: c.fence, version, idem_key: c.idem_key.clone(), record } });
+    }
+    entries.sort_by_key(|e| e.t_ms);
+    let mut finals = BTreeMap::new();
+    for cid in owners.keys() {
+        let rec = model.record_of(cid, u64::MAX / 2).and_then(|r| serde_json::from_str(&r).ok());
+        finals.insert(cid.clone(), rec);
+    }
+    RunOutput { history: entries, finals, owners, sim_ms, error }
+}
