@@ -1,1 +1,226 @@
-fn main(){}
+//! `orchsim`: explore seeds of the simulation on all cores, or replay one.
+
+use clap::{Parser, Subcommand};
+use scenarios::{find, names, Scenario, SCENARIOS};
+use sim::report::{failure_report, timeline, write_trace, Verdict};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "orchsim", about = "Deterministic simulation of the reference orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run many seeds on all cores and report violations.
+    Explore {
+        /// Seeds to run (spread over all scenarios unless --scenario is given).
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// Only this scenario.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Re-run one seed in this many to check determinism (FoundationDB re-runs 5%: 20).
+        #[arg(long, default_value_t = 20)]
+        recheck_every: u64,
+    },
+    /// Re-run one seed and print its options, fault plan, timeline and verdict.
+    Replay {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        seed: u64,
+        /// Print only the verdict, not the timeline.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the scenarios.
+    Scenarios,
+}
+
+fn scenario(name: &str) -> Result<&'static Scenario, String> {
+    find(name).ok_or_else(|| format!("unknown scenario {name:?}; known: {}", names().join(", ")))
+}
+
+#[derive(Default)]
+struct Tally {
+    seeds: u64,
+    failed: u64,
+    run_wall: Duration,
+    sim_ms: u64,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize, recheck_every: u64) -> ExitCode {
+    let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
+        .map(|i| {
+            let s = only.unwrap_or_else(|| &SCENARIOS[(i % SCENARIOS.len() as u64) as usize]);
+            (s, first + i)
+        })
+        .collect();
+    eprintln!("exploring {} seeds from {first} on {jobs} threads; scenarios: {}", plan.len(), match only {
+        Some(s) => s.name.to_string(),
+        None => names().join(", "),
+    });
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let failed_seeds = AtomicU64::new(0);
+    let tallies: Mutex<BTreeMap<&'static str, Tally>> = Mutex::new(BTreeMap::new());
+    let failures: Mutex<Vec<Verdict>> = Mutex::new(Vec::new());
+    let mismatches: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let rechecked = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&(sc, seed)) = plan.get(i as usize) else { break };
+                let t = Instant::now();
+                let v = sc.run(seed);
+                let wall = t.elapsed();
+                if recheck_every > 0 && seed % recheck_every == 0 {
+                    rechecked.fetch_add(1, Ordering::SeqCst);
+                    let again = sc.run(seed);
+                    if again.trace_hash != v.trace_hash {
+                        mismatches.lock().unwrap().push(format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash));
+                    }
+                }
+                {
+                    let mut g = tallies.lock().unwrap();
+                    let t = g.entry(sc.name).or_default();
+                    t.seeds += 1;
+                    t.run_wall += wall;
+                    t.sim_ms += v.sim_ms;
+                    for (k, n) in &v.counters {
+                        *t.counters.entry(k).or_default() += n;
+                    }
+                    if !v.passed() {
+                        t.failed += 1;
+                    }
+                }
+                if !v.passed() {
+                    failed_seeds.fetch_add(1, Ordering::SeqCst);
+                    failures.lock().unwrap().push(v);
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Progress, from this thread.
+        let total = plan.len() as u64;
+        loop {
+            let d = done.load(Ordering::SeqCst);
+            let el = start.elapsed().as_secs_f64().max(1e-9);
+            let width: u64 = 30;
+            let filled = if total == 0 { width } else { (d * width / total).min(width) } as usize;
+            eprint!("\r[{}{}] {d}/{total} seeds  {:.1} seeds/s  {} failing   ", "#".repeat(filled), ".".repeat(width as usize - filled), d as f64 / el, failed_seeds.load(Ordering::SeqCst));
+            let _ = std::io::stderr().flush();
+            if d >= total {
+                eprintln!();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let elapsed = start.elapsed();
+    println!("\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
+    let tallies = tallies.into_inner().unwrap();
+    let mut all_counters: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (name, t) in &tallies {
+        let secs = t.run_wall.as_secs_f64().max(1e-9);
+        println!("{:<12} {:>6} {:>10} {:>16.1} {:>13.0}x", name, t.seeds, t.failed, t.seeds as f64 / secs, t.sim_ms as f64 / 1e3 / secs);
+        for (k, n) in &t.counters {
+            *all_counters.entry(k).or_default() += n;
+        }
+    }
+    println!("\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads", plan.len(), elapsed.as_secs_f64(), plan.len() as f64 / elapsed.as_secs_f64());
+    println!("events over all seeds:");
+    for (k, n) in &all_counters {
+        println!("  {k:<40} {n}");
+    }
+    let mismatches = mismatches.into_inner().unwrap();
+    println!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
+    for m in &mismatches {
+        println!("  NONDETERMINISTIC {m}");
+    }
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|v| (v.scenario.clone(), v.seed));
+    for v in failures.iter().take(5) {
+        let trace = write_trace(v).ok();
+        println!("\n{}", failure_report(v, trace.as_deref()));
+    }
+    if failures.is_empty() && mismatches.is_empty() {
+        println!("0 violations");
+        ExitCode::SUCCESS
+    } else {
+        println!("{} violating seeds", failures.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn replay(sc: &Scenario, seed: u64, quiet: bool) -> ExitCode {
+    let v = sc.run(seed);
+    println!("scenario {} seed {}", sc.name, seed);
+    println!("options: {}", serde_json::to_string_pretty(&v.options).unwrap_or_default());
+    println!("fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
+    if !quiet {
+        println!("timeline:\n{}", timeline(&v.history));
+    }
+    let trace = write_trace(&v).ok();
+    println!("simulated {} ms; trace hash {}", v.sim_ms, v.trace_hash);
+    if let Some(t) = &trace {
+        println!("trace written to {}", t.display());
+    }
+    for (k, n) in &v.counters {
+        println!("  {k:<40} {n}");
+    }
+    if v.passed() {
+        println!("PASSED: no invariant violated");
+        ExitCode::SUCCESS
+    } else {
+        println!("{}", failure_report(&v, trace.as_deref()));
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Explore { seeds, scenario: name, first_seed, jobs, recheck_every } => {
+            let only = match name.as_deref().map(scenario).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+            explore(seeds, only, first_seed, jobs, recheck_every)
+        }
+        Cmd::Replay { scenario: name, seed, quiet } => match scenario(&name) {
+            Ok(s) => replay(s, seed, quiet),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Scenarios => {
+            for s in SCENARIOS {
+                println!("{:<12} {}", s.name, s.about);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,1 +1,83 @@
-//! Named scenarios and the swarm generator for the harness (issue 4).
+//! Named scenarios: a workload, a fault selection and their bounds, randomised per seed
+//! (swarm testing: each seed of `swarm` enables a random subset of fault kinds).
+
+use rand::Rng;
+use sim::faults::FaultKind;
+use sim::report::{run_seed, Verdict};
+use sim::world::{stream, Options, STREAM_OPTIONS};
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    build: fn(&mut rand_chacha::ChaCha8Rng, &mut Options),
+}
+
+fn common(r: &mut rand_chacha::ChaCha8Rng, o: &mut Options) {
+    o.workers = r.random_range(2..=3);
+    o.users_per_client = r.random_range(1..=2);
+    o.conversations_per_user = r.random_range(1..=2);
+    o.net_latency_ms = (1, r.random_range(2..=10));
+    let lo = r.random_range(5..=50);
+    o.copilot_latency_ms = (lo, lo + r.random_range(0..=400));
+    o.lease_ttl_ms = r.random_range(1_500..=3_000);
+    o.lease_extend_every_ms = o.lease_ttl_ms / 3;
+    o.noise_pct = r.random_range(0..=30);
+    o.concurrent_pct = r.random_range(0..=40);
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "swarm",
+        about: "every option random; each seed enables a random subset of fault kinds",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = FaultKind::ALL.into_iter().filter(|_| r.random_bool(0.5)).collect();
+        },
+    },
+    Scenario {
+        name: "latency",
+        about: "Copilot latency spikes above the lease TTL, many turns in flight",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::CopilotLatencySpike];
+            o.concurrent_pct = r.random_range(20..=60);
+        },
+    },
+    Scenario {
+        name: "duplicates",
+        about: "the same request and key delivered to other workers, concurrently and late",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::Duplicates];
+        },
+    },
+    Scenario {
+        name: "calm",
+        about: "no faults: the baseline every other scenario is compared with",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![];
+        },
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    SCENARIOS.iter().map(|s| s.name).collect()
+}
+
+impl Scenario {
+    /// This scenario's options for `seed`: all of them derived from the seed.
+    pub fn options(&self, seed: u64) -> Options {
+        let mut o = Options::base(self.name);
+        (self.build)(&mut stream(seed, STREAM_OPTIONS), &mut o);
+        o
+    }
+
+    pub fn run(&self, seed: u64) -> Verdict {
+        run_seed(&self.options(seed), seed)
+    }
+}

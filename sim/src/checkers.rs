@@ -1,1 +1,468 @@
+//! The invariants, checked over a finished run's history and final state. Checkers only read;
+//! each returns the violations it found with the evidence a person needs to start debugging.
+//! Every checker has a test below that feeds it a doctored history and watches it fire.
 
+use crate::history::{Entry, Ev};
+use crate::world::RunOutput;
+use orchestrator::workflow::{Step, NO_SIGNAL_STREAK_MAX};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at_ms: u64,
+    pub evidence: String,
+}
+
+pub const LOST_DATA: &str = "1 no lost collectedData";
+pub const CROSS_USER: &str = "2 no cross-user data";
+pub const NO_SIGNAL_LOOP: &str = "3 no stuck NO_SIGNAL loop";
+pub const FENCED_WRITER: &str = "4 fenced single writer";
+pub const VALID_TRANSITIONS: &str = "5 valid transitions only";
+pub const FRESH_REPLAY: &str = "6 fresh replay";
+pub const EXACTLY_ONCE: &str = "7 exactly-once effects";
+pub const NO_500_NO_HANG: &str = "8 no 500 and no hang";
+
+pub const ALL: [&str; 8] = [LOST_DATA, CROSS_USER, NO_SIGNAL_LOOP, FENCED_WRITER, VALID_TRANSITIONS, FRESH_REPLAY, EXACTLY_ONCE, NO_500_NO_HANG];
+
+/// A client request with its invoke and (if any) its answer.
+struct Call<'a> {
+    at_ms: u64,
+    req: u64,
+    user: &'a str,
+    worker: &'a str,
+    op: &'a str,
+    key: Option<&'a str>,
+    answer: Option<(u64, u16, bool, &'a Value)>,
+    no_answer: Option<&'a str>,
+}
+
+fn calls(h: &[Entry]) -> Vec<Call<'_>> {
+    let mut by_req: BTreeMap<u64, Call<'_>> = BTreeMap::new();
+    for e in h {
+        match &e.ev {
+            Ev::Invoke { req, user, worker, op, key, .. } => {
+                by_req.insert(*req, Call { at_ms: e.t_ms, req: *req, user, worker, op, key: key.as_deref(), answer: None, no_answer: None });
+            }
+            Ev::Response { req, status, retry_after, body } => {
+                if let Some(c) = by_req.get_mut(req) {
+                    c.answer = Some((e.t_ms, *status, *retry_after, body));
+                }
+            }
+            Ev::NoResponse { req, reason } => {
+                if let Some(c) = by_req.get_mut(req) {
+                    c.no_answer = Some(reason);
+                }
+            }
+            _ => {}
+        }
+    }
+    by_req.into_values().collect()
+}
+
+fn v(invariant: &'static str, at_ms: u64, evidence: String) -> Violation {
+    Violation { invariant, at_ms, evidence }
+}
+
+/// 1. Every field a client saw acknowledged (in a 200's state) is in the final state.
+pub fn lost_collected_data(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for c in calls(&out.history) {
+        let Some((t, 200, _, body)) = c.answer else { continue };
+        let Some(cid) = body["conversationId"].as_str() else { continue };
+        let Some(data) = body["workflowState"]["collectedData"].as_object() else { continue };
+        let fin = out.finals.get(cid).cloned().flatten();
+        for (field, value) in data {
+            let kept = fin.as_ref().and_then(|r| r.state.collected_data.get(field));
+            if kept.map(String::as_str) != value.as_str() {
+                found.push(v(LOST_DATA, t, format!(
+                    "request {} ({} via {}, key {:?}) was acknowledged with {field}={value} in conversation {cid}; the final state has {:?}",
+                    c.req, c.user, c.worker, c.key, kept
+                )));
+            }
+        }
+    }
+    found
+}
+
+/// 2. No response, replay or read gives a user anything of another user's.
+pub fn cross_user(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for c in calls(&out.history) {
+        let Some((t, 200, _, body)) = c.answer else { continue };
+        if let Some(cid) = body["conversationId"].as_str() {
+            if let Some(owner) = out.owners.get(cid) {
+                if owner != c.user {
+                    found.push(v(CROSS_USER, t, format!("request {} of {} via {} answered with conversation {cid} of {owner}", c.req, c.user, c.worker)));
+                }
+            }
+        }
+        if let Some(data) = body["workflowState"]["collectedData"].as_object() {
+            for (field, value) in data {
+                let tag = value.as_str().and_then(|s| s.split('.').next()).unwrap_or("");
+                if tag != c.user {
+                    found.push(v(CROSS_USER, t, format!("request {} of {} via {} saw {field}={value}, which belongs to {tag}", c.req, c.user, c.worker)));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// 3. No committed non-terminal state has more than the streak bound of NO_SIGNALs, and after
+/// the heal every conversation reached a terminal step.
+pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for e in &out.history {
+        if let Ev::ModelCommit { cid, fence, record, .. } = &e.ev {
+            let step = record["state"]["step"].as_str().and_then(Step::parse);
+            let streak = record["state"]["noSignalStreak"].as_u64().unwrap_or(0);
+            if step.is_some_and(|s| !s.is_terminal()) && streak > NO_SIGNAL_STREAK_MAX as u64 {
+                found.push(v(NO_SIGNAL_LOOP, e.t_ms, format!("conversation {cid} committed (fence {fence}) in {step:?} with a NO_SIGNAL streak of {streak} > {NO_SIGNAL_STREAK_MAX}")));
+            }
+        }
+    }
+    for (cid, rec) in &out.finals {
+        match rec {
+            Some(r) if r.state.step.is_terminal() => {}
+            Some(r) => found.push(v(NO_SIGNAL_LOOP, out.sim_ms, format!(
+                "conversation {cid} of {} ended the run in {:?} (version {}, streak {}): not terminal after the heal",
+                r.owner, r.state.step, r.state.version, r.state.no_signal_streak
+            ))),
+            None => found.push(v(NO_SIGNAL_LOOP, out.sim_ms, format!("conversation {cid} was acknowledged as created but has no state"))),
+        }
+    }
+    found
+}
+
+/// 4. Commits per conversation, in the order the store applied them, carry strictly
+/// increasing fences and versions that grow by exactly one.
+pub fn fenced_single_writer(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::ModelCommit { cid, fence, version, record, .. } = &e.ev {
+            let (pf, pv) = last.get(cid.as_str()).copied().unwrap_or((0, 0));
+            if *fence <= pf {
+                found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: commit under fence {fence} after a commit under fence {pf}")));
+            }
+            if *version != pv + 1 {
+                found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: version went {pv} -> {version} (fence {fence})")));
+            }
+            if record["writerFence"].as_u64() != Some(*fence) {
+                found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: record written under fence {fence} says writerFence {}", record["writerFence"])));
+            }
+            last.insert(cid, (*fence, *version));
+        }
+    }
+    found
+}
+
+fn allowed(from: Step, to: Step) -> bool {
+    use Step::*;
+    match from {
+        Gathering => matches!(to, Gathering | Confirming | Cancelled | NeedsHuman),
+        Confirming => matches!(to, Confirming | Succeeded | Cancelled | NeedsHuman),
+        Succeeded | Cancelled | NeedsHuman => to == from,
+    }
+}
+
+/// 5. Only valid transitions, and none on low or medium confidence: a step change or a
+/// changed field needs a high-confidence event (or a plain yes/no) in that very turn.
+pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut turns: BTreeMap<(&str, u64), &Vec<orchestrator::turn::Extracted>> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::Transition { worker, cid, fence, from, to, events, .. } = &e.ev {
+            turns.insert((cid.as_str(), *fence), events);
+            if !allowed(*from, *to) {
+                found.push(v(VALID_TRANSITIONS, e.t_ms, format!("{worker}: conversation {cid} moved {from:?} -> {to:?} (fence {fence})")));
+            }
+            let high = events.iter().any(|x| x.kind == "field" && x.confidence == Some(orchestrator::workflow::Confidence::High));
+            let why = match to {
+                Step::Confirming if *from == Step::Gathering => high,
+                Step::Succeeded if *from != Step::Succeeded => events.iter().any(|x| x.kind == "confirmed"),
+                Step::Cancelled if *from != Step::Cancelled => events.iter().any(|x| x.kind == "declined"),
+                _ => true,
+            };
+            if !why {
+                found.push(v(VALID_TRANSITIONS, e.t_ms, format!("{worker}: conversation {cid} moved {from:?} -> {to:?} on {events:?}, which does not justify it")));
+            }
+        }
+    }
+    let mut prev: BTreeMap<&str, &Value> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::ModelCommit { cid, fence, record, .. } = &e.ev {
+            let data = &record["state"]["collectedData"];
+            if let (Some(before), Some(after)) = (prev.get(cid.as_str()).and_then(|p| p.as_object()), data.as_object()) {
+                for (field, value) in after {
+                    if before.get(field) == Some(value) {
+                        continue;
+                    }
+                    let justified = turns.get(&(cid.as_str(), *fence)).is_some_and(|evs| {
+                        evs.iter().any(|x| x.kind == "field" && x.field.as_deref() == Some(field) && x.value.as_deref() == value.as_str() && x.confidence == Some(orchestrator::workflow::Confidence::High))
+                    });
+                    if !justified {
+                        found.push(v(VALID_TRANSITIONS, e.t_ms, format!("conversation {cid}: {field}={value} was stored (fence {fence}) without a high-confidence extraction in that turn")));
+                    }
+                }
+            }
+            prev.insert(cid, data);
+        }
+    }
+    found
+}
+
+/// 6. A replay shows a state at least as new as everything committed before it was asked.
+pub fn fresh_replay(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut commits: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::ModelCommit { cid, version, .. } = &e.ev {
+            commits.entry(cid).or_default().push((e.t_ms, *version));
+        }
+    }
+    for c in calls(&out.history) {
+        let Some((t, 200, _, body)) = c.answer else { continue };
+        if body["replayed"] != Value::Bool(true) {
+            continue;
+        }
+        let cid = body["conversationId"].as_str().unwrap_or("");
+        let shown = body["workflowState"]["version"].as_u64().unwrap_or(0);
+        let newest_before = commits.get(cid).and_then(|cs| cs.iter().filter(|(ct, _)| *ct < c.at_ms).map(|(_, v)| *v).max()).unwrap_or(0);
+        if shown < newest_before {
+            found.push(v(FRESH_REPLAY, t, format!(
+                "request {} of {} via {} (key {:?}) was replayed with version {shown} of {cid}, but version {newest_before} was committed before it was sent",
+                c.req, c.user, c.worker, c.key
+            )));
+        }
+    }
+    found
+}
+
+/// 7. Each conversation submits at most once; each idempotency key changes state at most once.
+pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut accepted: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut per_key: BTreeMap<&str, u32> = BTreeMap::new();
+    for e in &out.history {
+        match &e.ev {
+            Ev::SinkReceived { cid, key, accepted: true, .. } => {
+                let n = accepted.entry(cid).or_default();
+                *n += 1;
+                if *n > 1 {
+                    found.push(v(EXACTLY_ONCE, e.t_ms, format!("conversation {cid} was submitted {n} times (key {key})")));
+                }
+            }
+            Ev::ModelCommit { cid, fence, idem_key, .. } => {
+                let n = per_key.entry(idem_key).or_default();
+                *n += 1;
+                if *n > 1 {
+                    found.push(v(EXACTLY_ONCE, e.t_ms, format!("conversation {cid}: idempotency key {idem_key} changed state {n} times (latest under fence {fence})")));
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// 8. Every request is answered; never with a 5xx other than 503, and a 503 says when to retry.
+pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
+    let mut found = Vec::new();
+    if let Some(err) = &out.error {
+        found.push(v(NO_500_NO_HANG, out.sim_ms, format!("the run did not finish: {err}")));
+    }
+    for c in calls(&out.history) {
+        match (c.answer, c.no_answer) {
+            (Some((t, s, _, body)), _) if s >= 500 && s != 503 => {
+                found.push(v(NO_500_NO_HANG, t, format!("request {} ({} {} via {}) got {s}: {body}", c.req, c.op, c.user, c.worker)));
+            }
+            (Some((t, 503, false, _)), _) => found.push(v(NO_500_NO_HANG, t, format!("request {} via {} got 503 without Retry-After", c.req, c.worker))),
+            (Some(_), _) => {}
+            (None, Some(reason)) => found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) got no answer: {reason}", c.req, c.op, c.user, c.worker))),
+            (None, None) => found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) never finished", c.req, c.op, c.user, c.worker))),
+        }
+    }
+    found
+}
+
+/// Every checker, in invariant order.
+pub fn check(out: &RunOutput) -> Vec<Violation> {
+    let mut all = Vec::new();
+    all.extend(lost_collected_data(out));
+    all.extend(cross_user(out));
+    all.extend(no_signal_loop(out));
+    all.extend(fenced_single_writer(out));
+    all.extend(valid_transitions(out));
+    all.extend(fresh_replay(out));
+    all.extend(exactly_once(out));
+    all.extend(no_500_no_hang(out));
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator::store::ConversationRecord;
+    use orchestrator::turn::Extracted;
+    use orchestrator::workflow::{workflow, Confidence, WorkflowState};
+    use serde_json::json;
+
+    /// A small clean history: alice creates c1 and sets her email in one turn.
+    fn clean() -> RunOutput {
+        let mut state = WorkflowState::new(workflow("lead").unwrap());
+        state.collected_data.insert("email".into(), "alice.c0.email".into());
+        state.version = 1;
+        state.turns = 1;
+        let record = json!({"owner":"alice","state":state,"writerFence":1});
+        let body = json!({"conversationId":"c1","turn":1,"reply":"","extracted":[],"workflowState":state,"replayed":false});
+        let h = vec![
+            Entry { t_ms: 0, ev: Ev::Invoke { req: 0, client: "client-0".into(), user: "alice".into(), worker: "worker-0".into(), op: "turn".into(), cid: Some("c1".into()), key: Some("k".into()), query: Some("email is alice.c0.email".into()), duplicate: false } },
+            Entry { t_ms: 5, ev: Ev::Transition { worker: "worker-0".into(), cid: "c1".into(), user: "alice".into(), fence: 1, from: Step::Gathering, to: Step::Gathering, events: vec![Extracted { kind: "field".into(), field: Some("email".into()), value: Some("alice.c0.email".into()), confidence: Some(Confidence::High) }] } },
+            Entry { t_ms: 6, ev: Ev::ModelCommit { cid: "c1".into(), fence: 1, version: 1, idem_key: "idem:{c:c1}:alice:1:k".into(), record: record.clone() } },
+            Entry { t_ms: 7, ev: Ev::Response { req: 0, status: 200, retry_after: false, body } },
+        ];
+        let mut fin = state.clone();
+        fin.step = Step::Cancelled;
+        RunOutput {
+            history: h,
+            finals: BTreeMap::from([("c1".to_string(), Some(ConversationRecord { owner: "alice".into(), state: fin, writer_fence: 1 }))]),
+            owners: BTreeMap::from([("c1".to_string(), "alice".to_string())]),
+            sim_ms: 10,
+            error: None,
+        }
+    }
+
+    fn fires(out: &RunOutput, invariant: &str) {
+        let v = check(out);
+        assert!(v.iter().any(|x| x.invariant == invariant), "{invariant} did not fire: {v:?}");
+        assert!(v.iter().all(|x| x.invariant == invariant), "only {invariant} should fire: {v:?}");
+    }
+
+    fn response_body(out: &mut RunOutput) -> &mut Value {
+        out.history.iter_mut().find_map(|e| match &mut e.ev {
+            Ev::Response { body, .. } => Some(body),
+            _ => None,
+        }).unwrap()
+    }
+
+    #[test]
+    fn a_clean_history_passes_every_checker() {
+        assert_eq!(check(&clean()), vec![]);
+    }
+
+    #[test]
+    fn lost_collected_data_fires_when_an_acknowledged_field_is_missing_at_the_end() {
+        let mut out = clean();
+        out.finals.get_mut("c1").unwrap().as_mut().unwrap().state.collected_data.clear();
+        fires(&out, LOST_DATA);
+    }
+
+    #[test]
+    fn cross_user_fires_on_another_users_value_or_conversation() {
+        let mut out = clean();
+        response_body(&mut out)["workflowState"]["collectedData"]["email"] = json!("bob.c0.email");
+        out.finals.get_mut("c1").unwrap().as_mut().unwrap().state.collected_data.insert("email".into(), "bob.c0.email".into());
+        fires(&out, CROSS_USER);
+        let mut out = clean();
+        out.owners.insert("c1".into(), "bob".into());
+        fires(&out, CROSS_USER);
+    }
+
+    #[test]
+    fn no_signal_loop_fires_on_a_long_streak_or_a_conversation_left_open() {
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["noSignalStreak"] = json!(NO_SIGNAL_STREAK_MAX + 1);
+        }
+        fires(&out, NO_SIGNAL_LOOP);
+        let mut out = clean();
+        out.finals.get_mut("c1").unwrap().as_mut().unwrap().state.step = Step::Gathering;
+        fires(&out, NO_SIGNAL_LOOP);
+    }
+
+    #[test]
+    fn fenced_single_writer_fires_on_a_stale_fence_or_a_version_gap() {
+        let mut out = clean();
+        let mut second = out.history[2].clone();
+        second.t_ms = 8;
+        if let Ev::ModelCommit { version, idem_key, record, .. } = &mut second.ev {
+            *version = 2;
+            *idem_key = "idem:{c:c1}:alice:1:k2".into();
+            record["state"]["version"] = json!(2);
+        }
+        out.history.push(second);
+        fires(&out, FENCED_WRITER);
+    }
+
+    #[test]
+    fn valid_transitions_fires_on_an_illegal_step_change_or_an_unjustified_field() {
+        let mut out = clean();
+        if let Ev::Transition { to, .. } = &mut out.history[1].ev {
+            *to = Step::Succeeded;
+        }
+        fires(&out, VALID_TRANSITIONS);
+        // A second commit that stores a field on a medium-confidence extraction.
+        let mut out = clean();
+        out.history.push(Entry { t_ms: 8, ev: Ev::Transition { worker: "worker-1".into(), cid: "c1".into(), user: "alice".into(), fence: 2, from: Step::Gathering, to: Step::Gathering,
+            events: vec![Extracted { kind: "field".into(), field: Some("phone".into()), value: Some("alice.c0.phone".into()), confidence: Some(Confidence::Medium) }] } });
+        let mut rec = match &out.history[2].ev { Ev::ModelCommit { record, .. } => record.clone(), _ => unreachable!() };
+        rec["state"]["collectedData"]["phone"] = json!("alice.c0.phone");
+        rec["state"]["version"] = json!(2);
+        rec["writerFence"] = json!(2);
+        out.history.push(Entry { t_ms: 9, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "idem:{c:c1}:alice:1:k2".into(), record: rec } });
+        fires(&out, VALID_TRANSITIONS);
+    }
+
+    #[test]
+    fn fresh_replay_fires_when_a_replay_shows_state_older_than_a_prior_commit() {
+        let mut out = clean();
+        out.history.push(Entry { t_ms: 20, ev: Ev::Invoke { req: 1, client: "client-0".into(), user: "alice".into(), worker: "worker-1".into(), op: "turn".into(), cid: Some("c1".into()), key: Some("k".into()), query: None, duplicate: true } });
+        let mut body = response_body(&mut out).clone();
+        body["replayed"] = json!(true);
+        body["workflowState"]["version"] = json!(0);
+        out.history.push(Entry { t_ms: 21, ev: Ev::Response { req: 1, status: 200, retry_after: false, body } });
+        fires(&out, FRESH_REPLAY);
+    }
+
+    #[test]
+    fn exactly_once_fires_on_a_second_submission_or_a_key_applied_twice() {
+        let mut out = clean();
+        for t in [30, 31] {
+            out.history.push(Entry { t_ms: t, ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: json!({}) } });
+        }
+        fires(&out, EXACTLY_ONCE);
+        let mut out = clean();
+        let mut again = out.history[2].clone();
+        if let Ev::ModelCommit { fence, version, record, .. } = &mut again.ev {
+            *fence = 2;
+            *version = 2;
+            record["writerFence"] = json!(2);
+            record["state"]["version"] = json!(2);
+        }
+        again.t_ms = 9;
+        out.history.push(again);
+        fires(&out, EXACTLY_ONCE);
+    }
+
+    #[test]
+    fn no_500_no_hang_fires_on_a_500_a_bare_503_or_a_request_without_answer() {
+        for (status, retry_after) in [(500, false), (503, false)] {
+            let mut out = clean();
+            if let Ev::Response { status: s, retry_after: r, .. } = &mut out.history[3].ev {
+                *s = status;
+                *r = retry_after;
+            }
+            fires(&out, NO_500_NO_HANG);
+        }
+        let mut out = clean();
+        out.history[3].ev = Ev::NoResponse { req: 0, reason: "no answer within 20000 ms".into() };
+        fires(&out, NO_500_NO_HANG);
+        let mut out = clean();
+        out.error = Some("Ran for duration: 300s steps: 60000 without completing".into());
+        fires(&out, NO_500_NO_HANG);
+    }
+}

@@ -1,1 +1,133 @@
+//! One seed's verdict: the run, the checkers, counters of rare events, and on failure the
+//! report a person reads: invariant, evidence, seed, options, fault plan, trace file and one
+//! command that replays exactly this run.
 
+use crate::checkers::{check, Violation};
+use crate::faults::FaultPlan;
+use crate::history::{json_lines, trace_hash, Entry, Ev};
+use crate::world::{self, Options};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub scenario: String,
+    pub seed: u64,
+    pub options: Options,
+    pub plan: FaultPlan,
+    pub trace_hash: String,
+    pub sim_ms: u64,
+    pub violations: Vec<Violation>,
+    /// How often each rare event happened (so a green run shows what it exercised).
+    pub counters: BTreeMap<&'static str, u64>,
+    #[serde(skip)]
+    pub history: Vec<Entry>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+pub fn replay_command(scenario: &str, seed: u64) -> String {
+    format!("cargo run --release -- replay --scenario {scenario} --seed {seed}")
+}
+
+fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
+    let mut c: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut bump = |k: &'static str| *c.entry(k).or_default() += 1;
+    for e in h {
+        match &e.ev {
+            Ev::Invoke { duplicate: true, .. } => bump("duplicate deliveries sent"),
+            Ev::Invoke { .. } => bump("requests"),
+            Ev::Response { status: 409, .. } => bump("409 in flight"),
+            Ev::Response { status: 503, .. } => bump("503 retry later"),
+            Ev::Replayed { .. } => bump("replays served"),
+            Ev::LeaseLost { .. } => bump("lease lost while working"),
+            Ev::CommitRejected { .. } => bump("commits rejected by fence"),
+            Ev::ModelCommit { .. } => bump("commits"),
+            Ev::CopilotReply { spike: true, .. } => bump("copilot calls in a latency spike"),
+            Ev::CopilotCalled { ok: false, .. } => bump("copilot calls failed or timed out"),
+            Ev::SinkReceived { accepted: false, .. } => bump("duplicate submissions de-duplicated"),
+            Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Runs one seed with these options and checks it.
+pub fn run_seed(options: &Options, seed: u64) -> Verdict {
+    let plan = world::generate_plan(options, seed);
+    run_plan(options, &plan, seed)
+}
+
+/// Runs an explicit plan (a shrunk one, or one read from a file).
+pub fn run_plan(options: &Options, plan: &FaultPlan, seed: u64) -> Verdict {
+    let out = world::run(options, plan, seed);
+    let violations = check(&out);
+    Verdict {
+        scenario: options.scenario.clone(),
+        seed,
+        options: options.clone(),
+        plan: plan.clone(),
+        trace_hash: trace_hash(&out.history),
+        sim_ms: out.sim_ms,
+        counters: counters(&out.history),
+        violations,
+        history: out.history,
+    }
+}
+
+/// Where traces go: `<workspace>/target/orchsim/`.
+pub fn trace_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d).join("orchsim"),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/orchsim")),
+    }
+}
+
+/// Writes the trace (JSON lines) and the run's options and plan; returns the trace path.
+pub fn write_trace(v: &Verdict) -> std::io::Result<PathBuf> {
+    let dir = trace_dir();
+    std::fs::create_dir_all(&dir)?;
+    let base = format!("{}-seed-{}", v.scenario, v.seed);
+    let trace = dir.join(format!("{base}.trace.jsonl"));
+    std::fs::write(&trace, json_lines(&v.history))?;
+    let meta = serde_json::json!({"scenario": v.scenario, "seed": v.seed, "options": v.options, "plan": v.plan, "traceHash": v.trace_hash, "violations": v.violations});
+    std::fs::write(dir.join(format!("{base}.run.json")), serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+    Ok(trace)
+}
+
+/// The failure report: what broke, the evidence, and how to get it back.
+pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "INVARIANT VIOLATED in scenario {:?}, seed {}", v.scenario, v.seed);
+    for x in v.violations.iter().take(10) {
+        let _ = writeln!(s, "  [{}] at {} ms: {}", x.invariant, x.at_ms, x.evidence);
+    }
+    if v.violations.len() > 10 {
+        let _ = writeln!(s, "  ... and {} more", v.violations.len() - 10);
+    }
+    let _ = writeln!(s, "options: {}", serde_json::to_string(&v.options).unwrap_or_default());
+    let _ = writeln!(s, "fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
+    let _ = writeln!(s, "trace hash: {}", v.trace_hash);
+    if let Some(t) = trace {
+        let _ = writeln!(s, "trace: {}", t.display());
+    }
+    let _ = writeln!(s, "reproduce: {}", replay_command(&v.scenario, v.seed));
+    s
+}
+
+/// A readable timeline of a run, one line per event.
+pub fn timeline(h: &[Entry]) -> String {
+    let mut s = String::new();
+    for e in h {
+        let line = serde_json::to_string(&e.ev).unwrap_or_default();
+        let _ = writeln!(s, "{:>8} ms  {}", e.t_ms, line);
+    }
+    s
+}
