@@ -1,0 +1,36 @@
+//! The seeded scenario tests: one named test per (scenario, seed), `<scenario>::seed_<n>`, so a
+//! failure's name is its reproduction. `SIM_SEEDS` sets the total (default 2000, spread over
+//! the scenarios); `SIM_SEED=n` adds seed n to every scenario. Works under `cargo test` and
+//! `cargo nextest` (`--partition` spreads the seeds over machines).
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use scenarios::SCENARIOS;
+use sim::report::{failure_report, write_trace};
+
+fn main() {
+    let args = Arguments::from_args();
+    let total: u64 = std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let extra: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok());
+    let per = total.div_ceil(SCENARIOS.len() as u64);
+    let mut trials = Vec::new();
+    for sc in SCENARIOS {
+        let mut seeds: Vec<u64> = (0..per).collect();
+        if let Some(s) = extra {
+            if s >= per {
+                seeds.push(s);
+            }
+        }
+        for seed in seeds {
+            trials.push(Trial::test(format!("{}::seed_{seed}", sc.name), move || {
+                let v = sc.run(seed);
+                if v.passed() {
+                    Ok(())
+                } else {
+                    let trace = write_trace(&v).ok();
+                    Err(Failed::from(failure_report(&v, trace.as_deref())))
+                }
+            }));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
