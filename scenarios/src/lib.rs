@@ -13,7 +13,11 @@ pub struct Scenario {
 }
 
 fn common(r: &mut rand_chacha::ChaCha8Rng, o: &mut Options) {
+    // Time resolution is part of the swarm: most seeds run coarse ticks (fast), some fine.
+    o.tick_ms = [5, 10, 20, 20, 20][r.random_range(0..5)];
+    o.random_host_order = r.random_bool(0.7);
     o.workers = r.random_range(2..=3);
+    o.clients = r.random_range(1..=2);
     o.users_per_client = r.random_range(1..=2);
     o.conversations_per_user = r.random_range(1..=2);
     o.net_latency_ms = (1, r.random_range(2..=10));

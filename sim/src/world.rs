@@ -41,6 +41,8 @@ pub struct Options {
     /// Bound on simulated time for the whole run.
     pub run_limit_ms: u64,
     pub tick_ms: u64,
+    /// Poll hosts in a seeded random order each tick (more interleavings) instead of a fixed one.
+    pub random_host_order: bool,
     pub net_latency_ms: (u64, u64),
     pub copilot_latency_ms: (u64, u64),
     pub lease_ttl_ms: u64,
@@ -63,7 +65,8 @@ impl Options {
             fault_kinds: FaultKind::ALL.to_vec(),
             heal_at_ms: 10_000,
             run_limit_ms: 300_000,
-            tick_ms: 5,
+            tick_ms: 10,
+            random_host_order: true,
             net_latency_ms: (1, 5),
             copilot_latency_ms: (20, 300),
             lease_ttl_ms: 2_000,
@@ -121,7 +124,11 @@ fn redis_now_ms() -> u64 {
 pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     let history = History::new();
     let mut turmoil_rng = stream(seed, STREAM_TURMOIL);
-    let mut sim = turmoil::Builder::new()
+    let mut builder = turmoil::Builder::new();
+    if opts.random_host_order {
+        builder.enable_random_order();
+    }
+    let mut sim = builder
         .rng_seed(turmoil_rng.random())
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         .tick_duration(Duration::from_millis(opts.tick_ms))
