@@ -96,17 +96,14 @@ async fn turn_retrying<S: Store>(o: &Orch<S>, r: &TurnRequest) -> TurnResponse {
     panic!("turn never succeeded")
 }
 
-/// 100 conversations at once, each through the lead workflow; returns turns done.
+/// 100 conversations at once, each created and driven through the lead workflow by its own
+/// task; returns turns done (creations are timed but not counted as turns).
 async fn hundred_conversations<S: Store>(o: &Arc<Orch<S>>, round: u64) -> usize {
-    let mut ids = Vec::with_capacity(CONVERSATIONS);
-    for _ in 0..CONVERSATIONS {
-        ids.push(o.create("bench", "lead").await.unwrap());
-    }
-    let tasks: Vec<_> = ids
-        .into_iter()
-        .map(|cid| {
+    let tasks: Vec<_> = (0..CONVERSATIONS)
+        .map(|_| {
             let o = o.clone();
             tokio::spawn(async move {
+                let cid = o.create("bench", "lead").await.unwrap();
                 for (i, q) in LEAD_TURNS.iter().enumerate() {
                     let r = TurnRequest { conversation_id: cid.clone(), user: "bench".into(), idempotency_key: format!("r{round}-t{i}"), query: q.to_string() };
                     let resp = turn_retrying(&o, &r).await;

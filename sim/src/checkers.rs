@@ -87,9 +87,15 @@ pub fn lost_collected_data(out: &RunOutput) -> Vec<Violation> {
     found
 }
 
-/// 2. No response, replay or read gives a user anything of another user's.
+/// 2. No response, replay or read gives a user anything of another user's, and no Copilot
+/// call made for a user carries another user's data in its context.
 pub fn cross_user(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
+    for e in &out.history {
+        if let Ev::CopilotSawForeignData { cid, user, field, value } = &e.ev {
+            found.push(v(CROSS_USER, e.t_ms, format!("Copilot was asked for {user} on conversation {cid} with {field}={value} in the context")));
+        }
+    }
     for c in calls(&out.history) {
         let Some((t, 200, _, body)) = c.answer else { continue };
         if let Some(cid) = body["conversationId"].as_str() {
@@ -369,6 +375,9 @@ mod tests {
         fires(&out, CROSS_USER);
         let mut out = clean();
         out.owners.insert("c1".into(), "bob".into());
+        fires(&out, CROSS_USER);
+        let mut out = clean();
+        out.history.push(Entry { t_ms: 3, ev: Ev::CopilotSawForeignData { cid: "c1".into(), user: "alice".into(), field: "email".into(), value: "bob.c0.email".into() } });
         fires(&out, CROSS_USER);
     }
 

@@ -33,6 +33,16 @@ async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest
             rng.random_range(h.latency_ms.0..=h.latency_ms.1)
         }
     };
+    // Every value in the context must belong to the asking user: a context built from someone
+    // else's state (or a stale cache) shows up here, before it can reach any answer.
+    if let Ok(ctx) = orchestrator::context::parse(&req.text) {
+        for (field, value) in &ctx.collected_data {
+            let owner = value.split('.').next().unwrap_or("");
+            if owner != req.user_id {
+                h.history.push(Ev::CopilotSawForeignData { cid: req.conversation_id.clone(), user: req.user_id.clone(), field: field.clone(), value: value.clone() });
+            }
+        }
+    }
     tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     h.history.push(Ev::CopilotReply { cid: req.conversation_id.clone(), latency_ms, spike: spike.is_some() });
     Json(ScriptedCopilot::answer(&req.text))

@@ -38,6 +38,8 @@ pub enum Ev {
     ModelCommit { cid: String, fence: u64, version: u64, idem_key: String, record: serde_json::Value },
     /// The Copilot host answered (with this latency).
     CopilotReply { cid: String, latency_ms: u64, spike: bool },
+    /// Copilot was asked on behalf of `user` with another user's value in the context.
+    CopilotSawForeignData { cid: String, user: String, field: String, value: String },
     /// The effects sink received a submission.
     SinkReceived { cid: String, key: String, accepted: bool, data: serde_json::Value },
     Phase { name: String },
