@@ -322,7 +322,6 @@ impl Model {
                     return Ok(Reply::Int(0));
                 }
                 self.hset(state, &[(b"record", &argv[2])], now)?;
-                self.del(idem, now);
                 self.hset(idem, &[(b"status", b"done"), (b"fp", &argv[5]), (b"resp", &argv[3])], now)?;
                 self.pexpire(idem, ms(&argv[4])?, now);
                 if holder.is_some() {

@@ -64,7 +64,6 @@ if tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[2]) then return 
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[3])
-redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[4], 'status', 'done', 'fp', ARGV[6], 'resp', ARGV[4])
 redis.call('PEXPIRE', KEYS[4], ARGV[5])
 if holder then redis.call('DEL', KEYS[2]) end
@@ -109,8 +108,8 @@ struct Scripts {
     create: Script,
 }
 
-struct Conn {
-    conn: Option<MultiplexedConnection>,
+/// Re-dial bookkeeping; only the (rare) slow path takes this lock.
+struct Dial {
     failures: u32,
     next_attempt: Option<Instant>,
 }
@@ -123,7 +122,10 @@ pub struct RedisStore<C: Connector = TcpConnector> {
     config: RedisConfig,
     rng: SeededRng,
     scripts: Scripts,
-    conn: tokio::sync::Mutex<Conn>,
+    /// The live connection: a short std lock on the hot path (cloning a handle), so turns
+    /// never queue behind each other here.
+    conn: std::sync::Mutex<Option<MultiplexedConnection>>,
+    dial: tokio::sync::Mutex<Dial>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -183,7 +185,8 @@ impl<C: Connector> RedisStore<C> {
                 extend: Script::new(scripts::EXTEND),
                 create: Script::new(scripts::CREATE),
             },
-            conn: tokio::sync::Mutex::new(Conn { conn: None, failures: 0, next_attempt: None }),
+            conn: std::sync::Mutex::new(None),
+            dial: tokio::sync::Mutex::new(Dial { failures: 0, next_attempt: None }),
         })
     }
 
@@ -203,10 +206,18 @@ impl<C: Connector> RedisStore<C> {
         }
     }
 
+    fn current(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let mut g = self.conn.lock().await;
-        if let Some(c) = &g.conn {
-            return Ok(c.clone());
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        // Slow path: one caller dials, the others wait for its result.
+        let mut g = self.dial.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
         }
         let now = Instant::now();
         if let Some(at) = g.next_attempt {
@@ -216,7 +227,7 @@ impl<C: Connector> RedisStore<C> {
         }
         match self.dial().await {
             Ok(c) => {
-                g.conn = Some(c.clone());
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
                 g.failures = 0;
                 g.next_attempt = None;
                 tracing::info!(host = %self.host, port = self.port, "redis connected");
@@ -235,10 +246,9 @@ impl<C: Connector> RedisStore<C> {
     }
 
     /// Forgets a connection that failed, so the next call re-dials.
-    async fn broken(&self, e: &RedisError) {
+    fn broken(&self, e: &RedisError) {
         if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
-            let mut g = self.conn.lock().await;
-            if g.conn.take().is_some() {
+            if self.conn.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
                 tracing::warn!(error = %e, "redis connection dropped");
             }
         }
@@ -249,7 +259,7 @@ impl<C: Connector> RedisStore<C> {
         match inv.invoke_async::<Value>(&mut c).await {
             Ok(v) => Ok(v),
             Err(e) => {
-                self.broken(&e).await;
+                self.broken(&e);
                 Err(unavailable(e))
             }
         }
@@ -271,7 +281,7 @@ impl<C: Connector> Store for RedisStore<C> {
         let v = match r {
             Ok(v) => v,
             Err(e) => {
-                self.broken(&e).await;
+                self.broken(&e);
                 return Err(unavailable(e));
             }
         };
