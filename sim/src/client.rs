@@ -53,7 +53,12 @@ struct Client {
     name: String,
     shared: Arc<Shared>,
     rng: Mutex<ChaCha8Rng>,
+    /// Late duplicates still on their way; the client waits for them before it finishes.
+    late: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// A late duplicate is held back up to this long before it is delivered.
+pub const LATE_DUPLICATE_DELAY_MS_MAX: u64 = 3_000;
 
 impl Client {
     fn below(&self, n: u64) -> u64 {
@@ -142,7 +147,7 @@ impl Client {
 
     /// Sends one turn until it is answered 200 (or other final status), with retries under the
     /// same key; returns the final 200 body, if any.
-    async fn turn(&self, user: &str, cid: &str, key: &str, query: &str) -> Option<Value> {
+    async fn turn(self: &Arc<Self>, user: &str, cid: &str, key: &str, query: &str) -> Option<Value> {
         let path = format!("/v1/conversations/{cid}/turns");
         let body = json!({ "query": query });
         for attempt in 0..TURN_ATTEMPTS_MAX {
@@ -166,8 +171,15 @@ impl Client {
                 Some(a) if a.status == 200 => {
                     if let Some((_, late)) = self.duplicates_now() {
                         if self.chance(late) {
+                            // Held, then released: it may arrive after later turns committed.
                             let other = self.worker(Some(w));
-                            self.request(other, user, "turn", "POST", path.clone(), Some(cid), Some(key), body.clone(), true).await;
+                            let delay = self.below(LATE_DUPLICATE_DELAY_MS_MAX + 1);
+                            let (me, user, cid, key, path, body) = (self.clone(), user.to_string(), cid.to_string(), key.to_string(), path.clone(), body.clone());
+                            let h = tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                                me.request(other, &user, "turn", "POST", path, Some(&cid), Some(&key), body, true).await;
+                            });
+                            self.late.lock().unwrap_or_else(|p| p.into_inner()).push(h);
                         }
                     }
                     return Some(a.body);
@@ -191,7 +203,7 @@ impl Client {
         None
     }
 
-    async fn conversation(&self, user: String, conv: usize) {
+    async fn conversation(self: &Arc<Self>, user: String, conv: usize) {
         let start = self.below(self.shared.opts.heal_at_ms / 2 + 1);
         tokio::time::sleep(Duration::from_millis(start)).await;
         let wf = if self.chance(70) { "lead" } else { "payment" };
@@ -265,7 +277,12 @@ fn terminal(v: &Option<Value>) -> bool {
 /// The software of client host `idx`: its users' conversations, concurrently.
 pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
     let seed = shared.seed ^ (0xC11E_0000 + idx as u64);
-    let client = Arc::new(Client { name: format!("client-{idx}"), shared: shared.clone(), rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) });
+    let client = Arc::new(Client {
+        name: format!("client-{idx}"),
+        shared: shared.clone(),
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        late: Mutex::new(Vec::new()),
+    });
     let mut tasks = Vec::new();
     for u in 0..shared.opts.users_per_client {
         let user = format!("u{idx}x{u}");
@@ -275,6 +292,10 @@ pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
         }
     }
     for t in tasks {
+        t.await?;
+    }
+    let late: Vec<_> = std::mem::take(&mut *client.late.lock().unwrap_or_else(|p| p.into_inner()));
+    for t in late {
         t.await?;
     }
     Ok(())
