@@ -36,6 +36,9 @@ enum Cmd {
         /// Re-run one seed in this many to check determinism (FoundationDB re-runs 5%: 20).
         #[arg(long, default_value_t = 20)]
         recheck_every: u64,
+        /// Switch on a known orchestrator bug (build with `--features known-bugs`).
+        #[arg(long)]
+        known_bug: Option<String>,
     },
     /// Re-run one seed and print its options, fault plan, timeline and verdict.
     Replay {
@@ -46,9 +49,21 @@ enum Cmd {
         /// Print only the verdict, not the timeline.
         #[arg(long)]
         quiet: bool,
+        /// Switch on a known orchestrator bug (build with `--features known-bugs`).
+        #[arg(long)]
+        known_bug: Option<String>,
     },
     /// List the scenarios.
     Scenarios,
+}
+
+fn known_bug(name: Option<&str>) -> Result<Option<sim::KnownBug>, String> {
+    let Some(name) = name else { return Ok(None) };
+    if !cfg!(feature = "known-bugs") {
+        return Err("--known-bug needs a build with `--features known-bugs`".into());
+    }
+    let all: Vec<String> = sim::KnownBug::ALL.iter().map(|b| serde_json::to_value(b).unwrap().as_str().unwrap().to_string()).collect();
+    serde_json::from_value(serde_json::Value::String(name.into())).map(Some).map_err(|_| format!("unknown known bug {name:?}; known: {}", all.join(", ")))
 }
 
 fn scenario(name: &str) -> Result<&'static Scenario, String> {
@@ -64,7 +79,7 @@ struct Tally {
     counters: BTreeMap<&'static str, u64>,
 }
 
-fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize, recheck_every: u64) -> ExitCode {
+fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize, recheck_every: u64, bug: Option<sim::KnownBug>) -> ExitCode {
     let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
         .map(|i| {
             let s = only.unwrap_or_else(|| &SCENARIOS[(i % SCENARIOS.len() as u64) as usize]);
@@ -89,11 +104,11 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&(sc, seed)) = plan.get(i as usize) else { break };
                 let t = Instant::now();
-                let v = sc.run(seed);
+                let v = sc.run_with_bug(seed, bug);
                 let wall = t.elapsed();
                 if recheck_every > 0 && seed % recheck_every == 0 {
                     rechecked.fetch_add(1, Ordering::SeqCst);
-                    let again = sc.run(seed);
+                    let again = sc.run_with_bug(seed, bug);
                     if again.trace_hash != v.trace_hash {
                         mismatches.lock().unwrap().push(format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash));
                     }
@@ -170,8 +185,8 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
     }
 }
 
-fn replay(sc: &Scenario, seed: u64, quiet: bool) -> ExitCode {
-    let v = sc.run(seed);
+fn replay(sc: &Scenario, seed: u64, quiet: bool, bug: Option<sim::KnownBug>) -> ExitCode {
+    let v = sc.run_with_bug(seed, bug);
     println!("scenario {} seed {}", sc.name, seed);
     println!("options: {}", serde_json::to_string_pretty(&v.options).unwrap_or_default());
     println!("fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
@@ -198,19 +213,20 @@ fn replay(sc: &Scenario, seed: u64, quiet: bool) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Explore { seeds, scenario: name, first_seed, jobs, recheck_every } => {
-            let only = match name.as_deref().map(scenario).transpose() {
-                Ok(s) => s,
+        Cmd::Explore { seeds, scenario: name, first_seed, jobs, recheck_every, known_bug: bug } => {
+            let parsed = name.as_deref().map(scenario).transpose().and_then(|s| Ok((s, known_bug(bug.as_deref())?)));
+            let (only, bug) = match parsed {
+                Ok(x) => x,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
-            explore(seeds, only, first_seed, jobs, recheck_every)
+            explore(seeds, only, first_seed, jobs, recheck_every, bug)
         }
-        Cmd::Replay { scenario: name, seed, quiet } => match scenario(&name) {
-            Ok(s) => replay(s, seed, quiet),
+        Cmd::Replay { scenario: name, seed, quiet, known_bug: bug } => match scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))) {
+            Ok((s, bug)) => replay(s, seed, quiet, bug),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)

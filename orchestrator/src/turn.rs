@@ -12,6 +12,7 @@ use crate::context::{self, Context};
 use crate::copilot::{Copilot, CopilotRequest};
 use crate::effects::{submission_key, Effects, SubmitOutcome, Submission};
 use crate::extract::extract;
+use crate::known_bugs::{self, KnownBug};
 use crate::rng::SeededRng;
 use crate::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store};
 use crate::workflow::{self, apply_turn, reply_text, Command, Event, Step, WorkflowState};
@@ -40,6 +41,8 @@ pub struct TurnConfig {
     pub idempotency_ttl_ms: u64,
     /// What a 503 tells clients to wait.
     pub retry_after_s: u64,
+    /// A pitfall to re-create (only with the `known-bugs` feature; ignored otherwise).
+    pub known_bug: Option<KnownBug>,
 }
 
 impl Default for TurnConfig {
@@ -53,6 +56,7 @@ impl Default for TurnConfig {
             lease_extend_every_ms: 2_000,
             idempotency_ttl_ms: 24 * 3600 * 1000,
             retry_after_s: 1,
+            known_bug: None,
         }
     }
 }
@@ -175,6 +179,9 @@ pub struct Orchestrator<S, C, E> {
     pub rng: SeededRng,
     pub config: TurnConfig,
     pub observer: Option<Arc<dyn Observer>>,
+    /// Each worker's own copy of the conversations it wrote: used only by the
+    /// `ContextNotLoadedFromStore` known bug.
+    stale_cache: std::sync::Mutex<std::collections::BTreeMap<String, ConversationRecord>>,
 }
 
 pub fn valid_idempotency_key(k: &str) -> bool {
@@ -198,7 +205,7 @@ pub fn fingerprint(cid: &str, query: &str) -> String {
 
 impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     pub fn new(store: S, copilot: C, effects: E, clock: Arc<dyn Clock>, rng: SeededRng, config: TurnConfig) -> Self {
-        Self { store, copilot, effects, clock, rng, config, observer: None }
+        Self { store, copilot, effects, clock, rng, config, observer: None, stale_cache: Default::default() }
     }
 
     pub fn with_observer(mut self, o: Arc<dyn Observer>) -> Self {
@@ -210,6 +217,10 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         if let Some(o) = &self.observer {
             o.event(ev());
         }
+    }
+
+    fn bug(&self, b: KnownBug) -> bool {
+        known_bugs::active(self.config.known_bug, b)
     }
 
     fn unavailable(&self, reason: Unavailable) -> TurnError {
@@ -266,8 +277,11 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             return Err(TurnError::BadRequest(format!("query is over {QUERY_BYTES_MAX} bytes")));
         }
         let cid = req.conversation_id.as_str();
-        let idem_key = keys::idem(cid, &req.user, &req.idempotency_key);
-        let fp = fingerprint(cid, &req.query);
+        let (idem_key, fp) = if self.bug(KnownBug::IdempotencyKeyNotScopedByUser) {
+            (format!("idem:{}", req.idempotency_key), fingerprint("", &req.query))
+        } else {
+            (keys::idem(cid, &req.user, &req.idempotency_key), fingerprint(cid, &req.query))
+        };
         let owner_token = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
         let args = BeginArgs {
             cid,
@@ -288,7 +302,12 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             })?;
             match outcome {
                 BeginOutcome::Acquired { fence, record } => break (fence, record),
-                BeginOutcome::Replay { response, record } => return self.replay(req, &idem_key, &response, record),
+                BeginOutcome::Replay { response, record } => {
+                    if self.bug(KnownBug::NoEffectsDeduplication) && record.state.step == Step::Succeeded {
+                        self.submit(cid, &record).await;
+                    }
+                    return self.replay(req, &idem_key, &response, record);
+                }
                 BeginOutcome::InFlight => return Err(TurnError::InFlight),
                 BeginOutcome::KeyReused => return Err(TurnError::KeyReused),
                 BeginOutcome::NotFound => return Err(TurnError::NotFound),
@@ -335,15 +354,36 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         record: ConversationRecord,
     ) -> Result<TurnResponse, TurnError> {
         let cid = req.conversation_id.as_str();
+        let record = if self.bug(KnownBug::ContextNotLoadedFromStore) {
+            self.stale_cache.lock().unwrap_or_else(|p| p.into_inner()).get(cid).cloned().unwrap_or(record)
+        } else {
+            record
+        };
         // 3. Copilot on the context built from the loaded state.
         let ctx = Context::from_state(&record.state, &req.query);
-        let creq = CopilotRequest { conversation_id: cid.into(), user_id: req.user.clone(), text: context::build(&ctx) };
+        let mut text = context::build(&ctx);
+        if self.bug(KnownBug::ContextPrefixWithoutSpaces) {
+            text = text.replacen(' ', "", 3);
+        }
+        let creq = CopilotRequest { conversation_id: cid.into(), user_id: req.user.clone(), text };
         let reply = self.call_copilot(&creq, cid, owner_token, idem_key, fence).await?;
         let wf = workflow::workflow(&record.state.workflow).ok_or(TurnError::NotFound)?;
 
         // 4. Extract → events → machine.
-        let events = extract(&reply, wf);
-        let outcome = apply_turn(&record.state, &events);
+        let mut events = extract(&reply, wf);
+        if self.bug(KnownBug::ConfidenceIgnored) {
+            for e in &mut events {
+                if let Event::FieldExtracted { confidence, .. } = e {
+                    *confidence = workflow::Confidence::High;
+                }
+            }
+        }
+        let mut outcome = apply_turn(&record.state, &events);
+        if self.bug(KnownBug::UnknownSignalIgnored) && events.iter().all(|e| *e == Event::NoSignal) {
+            let mut same = record.state.clone();
+            same.turns += 1;
+            outcome = workflow::TurnOutcome { state: same, commands: Vec::new(), rejected: Vec::new() };
+        }
         let mut next = record.clone();
         next.state = outcome.state.clone();
         next.state.version = record.state.version + 1;
@@ -404,6 +444,9 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             state: next.state.clone(),
         });
 
+        if self.bug(KnownBug::ContextNotLoadedFromStore) {
+            self.stale_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(cid.to_string(), next.clone());
+        }
         // Effects only after the commit that made the transition durable.
         if record.state.step != Step::Succeeded && outcome.commands.contains(&Command::Submit) {
             self.submit(cid, &next).await;
@@ -468,7 +511,9 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     fn replay(&self, req: &TurnRequest, idem_key: &str, stored: &str, record: ConversationRecord) -> Result<TurnResponse, TurnError> {
         let mut resp: TurnResponse = serde_json::from_str(stored).map_err(|_| self.unavailable(Unavailable::Store))?;
         // The stored answer, but the state as it is now: a replay never shows stale state.
-        resp.workflow_state = record.state;
+        if !self.bug(KnownBug::StaleReplay) {
+            resp.workflow_state = record.state;
+        }
         resp.replayed = true;
         self.emit(|| ServerEvent::Replayed {
             cid: req.conversation_id.clone(),
@@ -480,8 +525,13 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     }
 
     async fn submit(&self, cid: &str, record: &ConversationRecord) {
+        let key = if self.bug(KnownBug::NoEffectsDeduplication) {
+            format!("{}:{:016x}", submission_key(cid), self.rng.next_u64())
+        } else {
+            submission_key(cid)
+        };
         let s = Submission {
-            idempotency_key: submission_key(cid),
+            idempotency_key: key,
             conversation_id: cid.into(),
             user: record.owner.clone(),
             workflow: record.state.workflow.clone(),

@@ -27,6 +27,7 @@ fn common(r: &mut rand_chacha::ChaCha8Rng, o: &mut Options) {
     o.lease_extend_every_ms = o.lease_ttl_ms / 3;
     o.noise_pct = r.random_range(0..=30);
     o.concurrent_pct = r.random_range(0..=40);
+    o.mumble_pct = r.random_range(0..=20);
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -83,5 +84,12 @@ impl Scenario {
 
     pub fn run(&self, seed: u64) -> Verdict {
         run_seed(&self.options(seed), seed)
+    }
+
+    /// The same seed with a known bug switched on in the workers.
+    pub fn run_with_bug(&self, seed: u64, bug: Option<sim::KnownBug>) -> Verdict {
+        let mut o = self.options(seed);
+        o.known_bug = bug;
+        run_seed(&o, seed)
     }
 }

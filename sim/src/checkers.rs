@@ -24,8 +24,9 @@ pub const VALID_TRANSITIONS: &str = "5 valid transitions only";
 pub const FRESH_REPLAY: &str = "6 fresh replay";
 pub const EXACTLY_ONCE: &str = "7 exactly-once effects";
 pub const NO_500_NO_HANG: &str = "8 no 500 and no hang";
+pub const CONTEXT_WELL_FORMED: &str = "10 Copilot context well-formed";
 
-pub const ALL: [&str; 8] = [LOST_DATA, CROSS_USER, NO_SIGNAL_LOOP, FENCED_WRITER, VALID_TRANSITIONS, FRESH_REPLAY, EXACTLY_ONCE, NO_500_NO_HANG];
+pub const ALL: [&str; 9] = [LOST_DATA, CROSS_USER, NO_SIGNAL_LOOP, FENCED_WRITER, VALID_TRANSITIONS, FRESH_REPLAY, EXACTLY_ONCE, NO_500_NO_HANG, CONTEXT_WELL_FORMED];
 
 /// A client request with its invoke and (if any) its answer.
 struct Call<'a> {
@@ -130,6 +131,27 @@ pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
             }
         }
     }
+    // From the turns themselves: a run of committed turns with no signal longer than the bound
+    // must end in a hand-off, whatever the stored streak counter says.
+    let mut signals: BTreeMap<(&str, u64), bool> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::Transition { cid, fence, events, .. } = &e.ev {
+            let none = events.iter().all(|x| x.kind == "no_signal" || (x.kind == "field" && x.confidence == Some(orchestrator::workflow::Confidence::Low)));
+            signals.insert((cid.as_str(), *fence), !none);
+        }
+    }
+    let mut run: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::ModelCommit { cid, fence, record, .. } = &e.ev {
+            let Some(had_signal) = signals.get(&(cid.as_str(), *fence)) else { continue };
+            let n = run.entry(cid).or_default();
+            *n = if *had_signal { 0 } else { *n + 1 };
+            let step = record["state"]["step"].as_str().and_then(Step::parse);
+            if *n > NO_SIGNAL_STREAK_MAX as u64 && step.is_some_and(|s| !s.is_terminal()) {
+                found.push(v(NO_SIGNAL_LOOP, e.t_ms, format!("conversation {cid}: {n} committed turns in a row without a signal, still {step:?} (fence {fence})")));
+            }
+        }
+    }
     for (cid, rec) in &out.finals {
         match rec {
             Some(r) if r.state.step.is_terminal() => {}
@@ -198,6 +220,20 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
             }
         }
     }
+    // What Copilot really extracted with high confidence, per conversation: the ground truth a
+    // worker's own account of its events is checked against.
+    let mut said_high: std::collections::BTreeSet<(&str, String, String)> = std::collections::BTreeSet::new();
+    for e in &out.history {
+        if let Ev::CopilotReply { cid, payload, .. } = &e.ev {
+            if payload["confidence"] == "high" {
+                if let Some(fields) = payload["fields"].as_object() {
+                    for (f, val) in fields {
+                        said_high.insert((cid.as_str(), f.clone(), val.as_str().unwrap_or_default().to_string()));
+                    }
+                }
+            }
+        }
+    }
     let mut prev: BTreeMap<&str, &Value> = BTreeMap::new();
     for e in &out.history {
         if let Ev::ModelCommit { cid, fence, record, .. } = &e.ev {
@@ -212,6 +248,8 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
                     });
                     if !justified {
                         found.push(v(VALID_TRANSITIONS, e.t_ms, format!("conversation {cid}: {field}={value} was stored (fence {fence}) without a high-confidence extraction in that turn")));
+                    } else if !said_high.contains(&(cid.as_str(), field.clone(), value.as_str().unwrap_or_default().to_string())) {
+                        found.push(v(VALID_TRANSITIONS, e.t_ms, format!("conversation {cid}: {field}={value} was stored (fence {fence}) but Copilot never extracted it with high confidence")));
                     }
                 }
             }
@@ -287,12 +325,27 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
                 found.push(v(NO_500_NO_HANG, t, format!("request {} ({} {} via {}) got {s}: {body}", c.req, c.op, c.user, c.worker)));
             }
             (Some((t, 503, false, _)), _) => found.push(v(NO_500_NO_HANG, t, format!("request {} via {} got 503 without Retry-After", c.req, c.worker))),
+            // The simulated clients are well-behaved: a 4xx other than 409 is the server's fault.
+            (Some((t, s, _, body)), _) if (400..500).contains(&s) && s != 409 => {
+                found.push(v(NO_500_NO_HANG, t, format!("request {} ({} {} via {}, key {:?}) got unexpected {s}: {body}", c.req, c.op, c.user, c.worker, c.key)));
+            }
             (Some(_), _) => {}
             (None, Some(reason)) => found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) got no answer: {reason}", c.req, c.op, c.user, c.worker))),
             (None, None) => found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) never finished", c.req, c.op, c.user, c.worker))),
         }
     }
     found
+}
+
+/// Every Copilot call carried a context prefix that parses.
+pub fn context_well_formed(out: &RunOutput) -> Vec<Violation> {
+    out.history
+        .iter()
+        .filter_map(|e| match &e.ev {
+            Ev::CopilotBadContext { cid, error, text } => Some(v(CONTEXT_WELL_FORMED, e.t_ms, format!("conversation {cid}: Copilot got {text:?}: {error}"))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every checker, in invariant order.
@@ -306,6 +359,7 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
     all.extend(fresh_replay(out));
     all.extend(exactly_once(out));
     all.extend(no_500_no_hang(out));
+    all.extend(context_well_formed(out));
     all
 }
 
@@ -427,6 +481,22 @@ mod tests {
     }
 
     #[test]
+    fn valid_transitions_fires_when_a_worker_claims_high_confidence_copilot_never_gave() {
+        let mut out = clean();
+        out.history.push(Entry { t_ms: 7, ev: Ev::CopilotReply { cid: "c1".into(), latency_ms: 1, spike: false, payload: json!({"intent":"provide","fields":{"phone":"alice.guess"},"confidence":"low"}) } });
+        out.history.push(Entry { t_ms: 8, ev: Ev::Transition { worker: "worker-1".into(), cid: "c1".into(), user: "alice".into(), fence: 2, from: Step::Gathering, to: Step::Gathering,
+            events: vec![Extracted { kind: "field".into(), field: Some("phone".into()), value: Some("alice.guess".into()), confidence: Some(Confidence::High) }] } });
+        let mut rec = match &out.history[2].ev { Ev::ModelCommit { record, .. } => record.clone(), _ => unreachable!() };
+        rec["state"]["collectedData"]["phone"] = json!("alice.guess");
+        rec["state"]["version"] = json!(2);
+        rec["writerFence"] = json!(2);
+        out.history.push(Entry { t_ms: 9, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "k2".into(), record: rec } });
+        fires(&out, VALID_TRANSITIONS);
+        let v = check(&out);
+        assert!(v[0].evidence.contains("Copilot never extracted"), "{v:?}");
+    }
+
+    #[test]
     fn fresh_replay_fires_when_a_replay_shows_state_older_than_a_prior_commit() {
         let mut out = clean();
         out.history.push(Entry { t_ms: 20, ev: Ev::Invoke { req: 1, client: "client-0".into(), user: "alice".into(), worker: "worker-1".into(), op: "turn".into(), cid: Some("c1".into()), key: Some("k".into()), query: None, duplicate: true } });
@@ -455,6 +525,37 @@ mod tests {
         again.t_ms = 9;
         out.history.push(again);
         fires(&out, EXACTLY_ONCE);
+    }
+
+    #[test]
+    fn no_signal_loop_fires_on_a_long_run_of_signal_free_turns_that_never_hands_off() {
+        let mut out = clean();
+        let rec = match &out.history[2].ev { Ev::ModelCommit { record, .. } => record.clone(), _ => unreachable!() };
+        for i in 0..=NO_SIGNAL_STREAK_MAX as u64 {
+            let fence = 2 + i;
+            let mut r = rec.clone();
+            r["state"]["version"] = json!(fence);
+            r["writerFence"] = json!(fence);
+            out.history.push(Entry { t_ms: 10 + 2 * fence, ev: Ev::Transition { worker: "worker-0".into(), cid: "c1".into(), user: "alice".into(), fence, from: Step::Gathering, to: Step::Gathering, events: vec![Extracted { kind: "no_signal".into(), field: None, value: None, confidence: None }] } });
+            out.history.push(Entry { t_ms: 11 + 2 * fence, ev: Ev::ModelCommit { cid: "c1".into(), fence, version: fence, idem_key: format!("k{fence}"), record: r } });
+        }
+        fires(&out, NO_SIGNAL_LOOP);
+    }
+
+    #[test]
+    fn context_well_formed_fires_on_a_prefix_copilot_cannot_parse() {
+        let mut out = clean();
+        out.history.push(Entry { t_ms: 3, ev: Ev::CopilotBadContext { cid: "c1".into(), error: "missing step=".into(), text: "[WORKFLOW_CONTEXT]step=gathering".into() } });
+        fires(&out, CONTEXT_WELL_FORMED);
+    }
+
+    #[test]
+    fn unexpected_client_errors_count_as_server_faults() {
+        let mut out = clean();
+        if let Ev::Response { status, .. } = &mut out.history[3].ev {
+            *status = 422;
+        }
+        fires(&out, NO_500_NO_HANG);
     }
 
     #[test]

@@ -219,13 +219,24 @@ impl Client {
         let mut script: Vec<String> = Vec::new();
         for f in order {
             if self.chance(self.shared.opts.noise_pct) {
-                script.push(if self.chance(50) { "hmm, not sure".into() } else { format!("maybe {f} is guess-{user}") });
+                script.push(if self.chance(50) { "hmm, not sure".into() } else { format!("maybe {f} is {user}.guess") });
             }
             script.push(format!("{f} is {user}.c{conv}.{f}"));
         }
         script.push(if self.chance(5) { "no".into() } else { "yes".into() });
 
         let mut last: Option<Value> = None;
+        // A mumbler opens with more no-signal turns than the streak bound allows: the machine
+        // must hand the conversation to a human.
+        if self.chance(self.shared.opts.mumble_pct) {
+            for m in 0..=workflow::NO_SIGNAL_STREAK_MAX {
+                let r = self.turn(&user, &cid, &format!("c{conv}-m{m}"), "hmm").await;
+                last = newest(last, r);
+                if terminal(&last) {
+                    return;
+                }
+            }
+        }
         let mut i = 0;
         while i < script.len() {
             let concurrent = i + 1 < script.len() - 1 && self.chance(self.shared.opts.concurrent_pct);

@@ -35,17 +35,30 @@ async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest
     };
     // Every value in the context must belong to the asking user: a context built from someone
     // else's state (or a stale cache) shows up here, before it can reach any answer.
-    if let Ok(ctx) = orchestrator::context::parse(&req.text) {
-        for (field, value) in &ctx.collected_data {
-            let owner = value.split('.').next().unwrap_or("");
-            if owner != req.user_id {
-                h.history.push(Ev::CopilotSawForeignData { cid: req.conversation_id.clone(), user: req.user_id.clone(), field: field.clone(), value: value.clone() });
+    match orchestrator::context::parse(&req.text) {
+        Ok(ctx) => {
+            for (field, value) in &ctx.collected_data {
+                let owner = value.split('.').next().unwrap_or("");
+                if owner != req.user_id {
+                    h.history.push(Ev::CopilotSawForeignData { cid: req.conversation_id.clone(), user: req.user_id.clone(), field: field.clone(), value: value.clone() });
+                }
             }
         }
+        Err(e) => h.history.push(Ev::CopilotBadContext {
+            cid: req.conversation_id.clone(),
+            error: e.to_string(),
+            text: req.text.chars().take(120).collect(),
+        }),
     }
     tokio::time::sleep(Duration::from_millis(latency_ms)).await;
-    h.history.push(Ev::CopilotReply { cid: req.conversation_id.clone(), latency_ms, spike: spike.is_some() });
-    Json(ScriptedCopilot::answer(&req.text))
+    let answer = ScriptedCopilot::answer(&req.text);
+    h.history.push(Ev::CopilotReply {
+        cid: req.conversation_id.clone(),
+        latency_ms,
+        spike: spike.is_some(),
+        payload: answer.extracted_payload.clone().unwrap_or_default(),
+    });
+    Json(answer)
 }
 
 pub fn router(host: Arc<CopilotHost>) -> Router {

@@ -36,10 +36,12 @@ pub enum Ev {
     Submitted { worker: String, cid: String, key: String, duplicate: bool },
     /// The Redis model applied a Commit (the serialisation order).
     ModelCommit { cid: String, fence: u64, version: u64, idem_key: String, record: serde_json::Value },
-    /// The Copilot host answered (with this latency).
-    CopilotReply { cid: String, latency_ms: u64, spike: bool },
+    /// The Copilot host answered (with this latency and this extraction).
+    CopilotReply { cid: String, latency_ms: u64, spike: bool, payload: serde_json::Value },
     /// Copilot was asked on behalf of `user` with another user's value in the context.
     CopilotSawForeignData { cid: String, user: String, field: String, value: String },
+    /// Copilot got a text whose context prefix does not parse.
+    CopilotBadContext { cid: String, error: String, text: String },
     /// The effects sink received a submission.
     SinkReceived { cid: String, key: String, accepted: bool, data: serde_json::Value },
     Phase { name: String },

@@ -24,3 +24,5 @@ pub mod report;
 pub mod resp;
 pub mod sink;
 pub mod world;
+
+pub use orchestrator::known_bugs::KnownBug;

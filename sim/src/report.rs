@@ -32,8 +32,15 @@ impl Verdict {
     }
 }
 
-pub fn replay_command(scenario: &str, seed: u64) -> String {
-    format!("cargo run --release -- replay --scenario {scenario} --seed {seed}")
+pub fn replay_command(options: &Options, seed: u64) -> String {
+    match options.known_bug {
+        None => format!("cargo run --release -- replay --scenario {} --seed {seed}", options.scenario),
+        Some(b) => format!(
+            "cargo run --release --features known-bugs -- replay --scenario {} --seed {seed} --known-bug {}",
+            options.scenario,
+            serde_json::to_value(b).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        ),
+    }
 }
 
 fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
@@ -118,7 +125,7 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
     if let Some(t) = trace {
         let _ = writeln!(s, "trace: {}", t.display());
     }
-    let _ = writeln!(s, "reproduce: {}", replay_command(&v.scenario, v.seed));
+    let _ = writeln!(s, "reproduce: {}", replay_command(&v.options, v.seed));
     s
 }
 

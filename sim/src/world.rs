@@ -51,6 +51,10 @@ pub struct Options {
     pub acquire_deadline_ms: u64,
     pub noise_pct: u32,
     pub concurrent_pct: u32,
+    /// Conversations that open with a run of turns carrying no signal at all.
+    pub mumble_pct: u32,
+    /// A re-created pitfall in the workers (needs the `known-bugs` feature).
+    pub known_bug: Option<orchestrator::known_bugs::KnownBug>,
 }
 
 impl Options {
@@ -75,6 +79,8 @@ impl Options {
             acquire_deadline_ms: 1_500,
             noise_pct: 15,
             concurrent_pct: 20,
+            mumble_pct: 10,
+            known_bug: None,
         }
     }
 
@@ -84,6 +90,7 @@ impl Options {
             lease_extend_every_ms: self.lease_extend_every_ms,
             copilot_timeout_ms: self.copilot_timeout_ms,
             acquire_deadline_ms: self.acquire_deadline_ms,
+            known_bug: self.known_bug,
             ..TurnConfig::default()
         }
     }

@@ -1,0 +1,44 @@
+//! Known pitfalls of this kind of orchestrator, re-created on purpose so the harness can prove
+//! it catches each one. Compiled in only with the `known-bugs` cargo feature; without it,
+//! [`active`] is `false` for every bug and the hooks in `turn` fold away.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnownBug {
+    /// A replay returns the state cached with the response instead of the current state.
+    StaleReplay,
+    /// Low- and medium-confidence extractions are taken as high.
+    ConfidenceIgnored,
+    /// A turn with no signal is ignored: the NO_SIGNAL streak never grows.
+    UnknownSignalIgnored,
+    /// Idempotency keys are neither user- nor conversation-scoped, and the fingerprint
+    /// covers the query only.
+    IdempotencyKeyNotScopedByUser,
+    /// Each worker builds the context and the next state from its own cached copy of the
+    /// conversation instead of the state Begin loaded.
+    ContextNotLoadedFromStore,
+    /// The context prefix is built without its separating spaces.
+    ContextPrefixWithoutSpaces,
+    /// Submissions carry a fresh key per attempt and replays of the final turn submit again.
+    NoEffectsDeduplication,
+}
+
+impl KnownBug {
+    pub const ALL: [KnownBug; 7] = [
+        KnownBug::StaleReplay,
+        KnownBug::ConfidenceIgnored,
+        KnownBug::UnknownSignalIgnored,
+        KnownBug::IdempotencyKeyNotScopedByUser,
+        KnownBug::ContextNotLoadedFromStore,
+        KnownBug::ContextPrefixWithoutSpaces,
+        KnownBug::NoEffectsDeduplication,
+    ];
+}
+
+/// Whether `bug` is switched on in this build and configuration.
+#[inline]
+pub fn active(configured: Option<KnownBug>, bug: KnownBug) -> bool {
+    cfg!(feature = "known-bugs") && configured == Some(bug)
+}

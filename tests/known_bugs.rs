@@ -1,0 +1,62 @@
+//! The harness catches every re-created pitfall within a bounded number of seeds, through the
+//! invariant that pitfall breaks. Needs `--features known-bugs`.
+
+use scenarios::find;
+use sim::checkers::{CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP, VALID_TRANSITIONS};
+use sim::KnownBug;
+
+/// Seeds tried per bug before the harness is declared blind to it.
+const SEEDS_MAX: u64 = 100;
+
+fn caught(bug: KnownBug, scenario: &str, expected: &[&str]) {
+    let sc = find(scenario).unwrap();
+    for seed in 0..SEEDS_MAX {
+        let v = sc.run_with_bug(seed, Some(bug));
+        if let Some(x) = v.violations.iter().find(|x| expected.contains(&x.invariant)) {
+            eprintln!("{bug:?}: caught by [{}] at {scenario} seed {seed}: {}", x.invariant, x.evidence);
+            return;
+        }
+    }
+    panic!("{bug:?} was not caught as any of {expected:?} in {SEEDS_MAX} seeds of {scenario}");
+}
+
+#[test]
+fn stale_replay_is_caught_as_a_stale_replay() {
+    caught(KnownBug::StaleReplay, "duplicates", &[FRESH_REPLAY]);
+}
+
+#[test]
+fn ignored_confidence_is_caught_as_an_invalid_transition() {
+    caught(KnownBug::ConfidenceIgnored, "swarm", &[VALID_TRANSITIONS]);
+}
+
+#[test]
+fn an_ignored_no_signal_is_caught_as_a_stuck_loop() {
+    caught(KnownBug::UnknownSignalIgnored, "swarm", &[NO_SIGNAL_LOOP]);
+}
+
+#[test]
+fn an_idempotency_key_not_scoped_by_user_is_caught_as_cross_user_data() {
+    caught(KnownBug::IdempotencyKeyNotScopedByUser, "swarm", &[CROSS_USER, NO_500_NO_HANG]);
+}
+
+#[test]
+fn a_context_not_loaded_from_the_store_is_caught_as_lost_data() {
+    caught(KnownBug::ContextNotLoadedFromStore, "swarm", &[LOST_DATA, FENCED_WRITER]);
+}
+
+#[test]
+fn a_context_prefix_without_spaces_is_caught_by_copilot() {
+    caught(KnownBug::ContextPrefixWithoutSpaces, "calm", &[CONTEXT_WELL_FORMED]);
+}
+
+#[test]
+fn effects_without_deduplication_are_caught_as_a_second_submission() {
+    caught(KnownBug::NoEffectsDeduplication, "duplicates", &[EXACTLY_ONCE]);
+}
+
+#[test]
+fn every_known_bug_has_a_test_here() {
+    // Adding a bug to the enum without a test above fails here.
+    assert_eq!(KnownBug::ALL.len(), 7);
+}
