@@ -57,6 +57,17 @@ enum Cmd {
     Scenarios,
 }
 
+/// Prints to stdout; a closed pipe (`| head`) ends the program quietly instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 fn known_bug(name: Option<&str>) -> Result<Option<sim::KnownBug>, String> {
     let Some(name) = name else { return Ok(None) };
     if !cfg!(feature = "known-bugs") {
@@ -150,62 +161,62 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
         }
     });
     let elapsed = start.elapsed();
-    println!("\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
+    say!("\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
     let tallies = tallies.into_inner().unwrap();
     let mut all_counters: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (name, t) in &tallies {
         let secs = t.run_wall.as_secs_f64().max(1e-9);
-        println!("{:<12} {:>6} {:>10} {:>16.1} {:>13.0}x", name, t.seeds, t.failed, t.seeds as f64 / secs, t.sim_ms as f64 / 1e3 / secs);
+        say!("{:<12} {:>6} {:>10} {:>16.1} {:>13.0}x", name, t.seeds, t.failed, t.seeds as f64 / secs, t.sim_ms as f64 / 1e3 / secs);
         for (k, n) in &t.counters {
             *all_counters.entry(k).or_default() += n;
         }
     }
-    println!("\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads", plan.len(), elapsed.as_secs_f64(), plan.len() as f64 / elapsed.as_secs_f64());
-    println!("events over all seeds:");
+    say!("\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads", plan.len(), elapsed.as_secs_f64(), plan.len() as f64 / elapsed.as_secs_f64());
+    say!("events over all seeds:");
     for (k, n) in &all_counters {
-        println!("  {k:<40} {n}");
+        say!("  {k:<40} {n}");
     }
     let mismatches = mismatches.into_inner().unwrap();
-    println!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
+    say!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
     for m in &mismatches {
-        println!("  NONDETERMINISTIC {m}");
+        say!("  NONDETERMINISTIC {m}");
     }
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|v| (v.scenario.clone(), v.seed));
     for v in failures.iter().take(5) {
         let trace = write_trace(v).ok();
-        println!("\n{}", failure_report(v, trace.as_deref()));
+        say!("\n{}", failure_report(v, trace.as_deref()));
     }
     if failures.is_empty() && mismatches.is_empty() {
-        println!("0 violations");
+        say!("0 violations");
         ExitCode::SUCCESS
     } else {
-        println!("{} violating seeds", failures.len());
+        say!("{} violating seeds", failures.len());
         ExitCode::FAILURE
     }
 }
 
 fn replay(sc: &Scenario, seed: u64, quiet: bool, bug: Option<sim::KnownBug>) -> ExitCode {
     let v = sc.run_with_bug(seed, bug);
-    println!("scenario {} seed {}", sc.name, seed);
-    println!("options: {}", serde_json::to_string_pretty(&v.options).unwrap_or_default());
-    println!("fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
+    say!("scenario {} seed {}", sc.name, seed);
+    say!("options: {}", serde_json::to_string_pretty(&v.options).unwrap_or_default());
+    say!("fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
     if !quiet {
-        println!("timeline:\n{}", timeline(&v.history));
+        say!("timeline:\n{}", timeline(&v.history));
     }
     let trace = write_trace(&v).ok();
-    println!("simulated {} ms; trace hash {}", v.sim_ms, v.trace_hash);
+    say!("simulated {} ms; trace hash {}", v.sim_ms, v.trace_hash);
     if let Some(t) = &trace {
-        println!("trace written to {}", t.display());
+        say!("trace written to {}", t.display());
     }
     for (k, n) in &v.counters {
-        println!("  {k:<40} {n}");
+        say!("  {k:<40} {n}");
     }
     if v.passed() {
-        println!("PASSED: no invariant violated");
+        say!("PASSED: no invariant violated");
         ExitCode::SUCCESS
     } else {
-        println!("{}", failure_report(&v, trace.as_deref()));
+        say!("{}", failure_report(&v, trace.as_deref()));
         ExitCode::FAILURE
     }
 }
@@ -234,7 +245,7 @@ fn main() -> ExitCode {
         },
         Cmd::Scenarios => {
             for s in SCENARIOS {
-                println!("{:<12} {}", s.name, s.about);
+                say!("{:<12} {}", s.name, s.about);
             }
             ExitCode::SUCCESS
         }

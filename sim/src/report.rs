@@ -129,12 +129,57 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
     s
 }
 
+fn short(cid: &str) -> &str {
+    &cid[..cid.len().min(8)]
+}
+
+/// One event as a line a person can scan; the JSON trace keeps every field.
+pub fn describe(ev: &Ev) -> String {
+    match ev {
+        Ev::Invoke { req, user, worker, op, cid, key, query, duplicate, .. } => format!(
+            "#{req} {user} -> {worker} {op}{} key={} {}{}",
+            cid.as_deref().map(|c| format!(" c={}", short(c))).unwrap_or_default(),
+            key.as_deref().unwrap_or("-"),
+            query.as_deref().map(|q| format!("{q:?}")).unwrap_or_default(),
+            if *duplicate { " (duplicate)" } else { "" }
+        ),
+        Ev::Response { req, status, body, .. } => {
+            let st = &body["workflowState"];
+            if st.is_object() {
+                format!("#{req} <- {status} step={} v{} data={} {}", st["step"].as_str().unwrap_or("?"), st["version"], st["collectedData"], if body["replayed"] == true { "(replayed)" } else { "" })
+            } else {
+                format!("#{req} <- {status} {body}")
+            }
+        }
+        Ev::NoResponse { req, reason } => format!("#{req} <- no answer: {reason}"),
+        Ev::LeaseTaken { worker, cid, fence, version, .. } => format!("{worker} lease c={} fence={fence} (loaded v{version})", short(cid)),
+        Ev::LeaseLost { worker, cid, fence } => format!("{worker} LEASE LOST c={} fence={fence}", short(cid)),
+        Ev::CopilotCalled { worker, cid, fence, ok } => format!("{worker} copilot c={} fence={fence} {}", short(cid), if *ok { "ok" } else { "FAILED" }),
+        Ev::Transition { worker, cid, fence, from, to, events, .. } => {
+            let evs: Vec<String> = events.iter().map(|x| match (&x.field, &x.confidence) {
+                (Some(f), Some(c)) => format!("{f}={}({c:?})", x.value.as_deref().unwrap_or("")),
+                _ => x.kind.clone(),
+            }).collect();
+            format!("{worker} c={} fence={fence} {} -> {} on [{}]", short(cid), from.as_str(), to.as_str(), evs.join(", "))
+        }
+        Ev::Committed { worker, cid, fence, version, .. } => format!("{worker} committed c={} fence={fence} v{version}", short(cid)),
+        Ev::CommitRejected { worker, cid, fence } => format!("{worker} COMMIT REJECTED c={} fence={fence}", short(cid)),
+        Ev::Replayed { worker, cid, version, idem_key, .. } => format!("{worker} replay c={} v{version} {idem_key}", short(cid)),
+        Ev::Submitted { worker, cid, duplicate, .. } => format!("{worker} submitted c={}{}", short(cid), if *duplicate { " (sink had it)" } else { "" }),
+        Ev::ModelCommit { cid, fence, version, record, .. } => format!("redis applied commit c={} fence={fence} v{version} step={}", short(cid), record["state"]["step"].as_str().unwrap_or("?")),
+        Ev::CopilotReply { cid, latency_ms, spike, payload } => format!("copilot c={} {latency_ms} ms{} {payload}", short(cid), if *spike { " (SPIKE)" } else { "" }),
+        Ev::CopilotSawForeignData { cid, user, field, value } => format!("copilot c={} for {user} SAW {field}={value}", short(cid)),
+        Ev::CopilotBadContext { cid, error, .. } => format!("copilot c={} BAD CONTEXT: {error}", short(cid)),
+        Ev::SinkReceived { cid, accepted, .. } => format!("sink c={} {}", short(cid), if *accepted { "accepted" } else { "duplicate ignored" }),
+        Ev::Phase { name } => format!("--- {name} ---"),
+    }
+}
+
 /// A readable timeline of a run, one line per event.
 pub fn timeline(h: &[Entry]) -> String {
     let mut s = String::new();
     for e in h {
-        let line = serde_json::to_string(&e.ev).unwrap_or_default();
-        let _ = writeln!(s, "{:>8} ms  {}", e.t_ms, line);
+        let _ = writeln!(s, "{:>8} ms  {}", e.t_ms, describe(&e.ev));
     }
     s
 }
