@@ -124,7 +124,12 @@ fn redis_model_matches_real_redis_on_random_command_sequences() {
     for seed in 0..sequences {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut model = Model::new();
-        let mut now_ms = 0u64;
+        // The model's clock is the real time since the sequence began, read just before each
+        // command goes to Redis: both sides then judge expiry at (nearly) the same instant, even
+        // when the machine stalls between commands.
+        let start = std::time::Instant::now();
+        let now = || start.elapsed().as_millis() as u64;
+        let now_ms = 0u64;
         let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
         let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
         for src in [scripts::BEGIN, scripts::COMMIT, scripts::RELEASE, scripts::EXTEND, scripts::CREATE] {
@@ -136,15 +141,15 @@ fn redis_model_matches_real_redis_on_random_command_sequences() {
             if rng.random_range(0..15) == 0 {
                 // Past every short TTL (100 ms), well inside every long one (5000 ms).
                 std::thread::sleep(Duration::from_millis(200));
-                now_ms += 200;
             }
             let cmd = random_command(&mut rng);
             let mut c = redis::cmd(std::str::from_utf8(&cmd[0]).unwrap());
             for a in &cmd[1..] {
                 c.arg(&a[..]);
             }
+            let at = now();
             let real = normalise(to_reply(c.query::<redis::Value>(&mut conn)));
-            let ours = normalise(model.exec(&cmd, now_ms));
+            let ours = normalise(model.exec(&cmd, at));
             let shown: Vec<String> = cmd.iter().map(|a| String::from_utf8_lossy(a).chars().take(40).collect()).collect();
             assert_eq!(ours, real, "sequence {seed} step {step}: {shown:?}");
             let tag = match (&cmd[0][..], &ours) {
