@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const TTL_MS: u64 = 300;
+/// Long enough that a loaded machine does not stall past it between two steps of a test.
+const TTL_MS: u64 = 1_000;
 const IDEM_TTL_MS: u64 = 60_000;
 
 pub trait Fixture {

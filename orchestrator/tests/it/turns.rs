@@ -336,7 +336,8 @@ async fn spawn_server<S: Store, C: Copilot>(store: S, copilot: Arc<C>) -> (Strin
 async fn http_answers_every_status_in_the_design_on_loopback() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let copilot = Arc::new(ScriptedCopilot::new());
-    let (base, _server) = spawn_server(Arc::new(MemStore::new(clock)), copilot.clone()).await;
+    let store = Arc::new(MemStore::new(clock));
+    let (base, _server) = spawn_server(store.clone(), copilot.clone()).await;
 
     assert_eq!(http(&base, "GET", "/healthz", None, None, "").await.0, 200);
     // 401: no token, unknown token.
@@ -373,10 +374,18 @@ async fn http_answers_every_status_in_the_design_on_loopback() {
     assert_eq!(http_bytes(&base, "POST", &turns, Some("demo"), Some("k8"), big).await.0, 413);
     // 409 and 503: a slow Copilot; the same key again is in flight, another key finds the
     // lease busy past the acquire deadline (50 ms here).
-    copilot.set_delay_ms(400);
+    copilot.set_delay_ms(1_000);
+    let fence_before = store.fence_now(&id);
     let (b2, t2) = (base.clone(), turns.clone());
     let slow = tokio::spawn(async move { http(&b2, "POST", &t2, Some("demo"), Some("k2"), r#"{"query":"phone is 1"}"#).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait (bounded) until the slow turn holds the lease, whatever the machine's load.
+    for _ in 0..500 {
+        if store.fence_now(&id) > fence_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(store.fence_now(&id), fence_before + 1, "the slow turn never took the lease");
     assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k2"), r#"{"query":"phone is 1"}"#).await.0, 409);
     let (s, h, _) = http(&base, "POST", &turns, Some("demo"), Some("k3"), r#"{"query":"company is A"}"#).await;
     assert_eq!(s, 503);
