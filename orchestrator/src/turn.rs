@@ -130,6 +130,19 @@ pub struct TurnResponse {
     pub replayed: bool,
 }
 
+/// What the idempotency cache keeps of an answer: everything but the state, which a replay
+/// always reads fresh (so storing it would only cost bytes on every commit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredAnswer {
+    pub turn: u32,
+    pub reply: String,
+    pub extracted: Vec<Extracted>,
+    /// The state at commit time: kept only by the `StaleReplay` known bug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_at_commit: Option<WorkflowState>,
+}
+
 /// Why a turn answered 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
@@ -410,7 +423,13 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             workflow_state: next.state.clone(),
             replayed: false,
         };
-        let body = serde_json::to_string(&response).map_err(|e| TurnError::BadRequest(e.to_string()))?;
+        let stored = StoredAnswer {
+            turn: response.turn,
+            reply: response.reply.clone(),
+            extracted: response.extracted.clone(),
+            state_at_commit: self.bug(KnownBug::StaleReplay).then(|| response.workflow_state.clone()),
+        };
+        let body = serde_json::to_string(&stored).map_err(|e| TurnError::BadRequest(e.to_string()))?;
 
         // 5. Commit under our fence.
         let commit = CommitArgs {
@@ -509,12 +528,20 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     }
 
     fn replay(&self, req: &TurnRequest, idem_key: &str, stored: &str, record: ConversationRecord) -> Result<TurnResponse, TurnError> {
-        let mut resp: TurnResponse = serde_json::from_str(stored).map_err(|_| self.unavailable(Unavailable::Store))?;
+        let answer: StoredAnswer = serde_json::from_str(stored).map_err(|_| self.unavailable(Unavailable::Store))?;
         // The stored answer, but the state as it is now: a replay never shows stale state.
-        if !self.bug(KnownBug::StaleReplay) {
-            resp.workflow_state = record.state;
-        }
-        resp.replayed = true;
+        let workflow_state = match answer.state_at_commit {
+            Some(old) if self.bug(KnownBug::StaleReplay) => old,
+            _ => record.state,
+        };
+        let resp = TurnResponse {
+            conversation_id: req.conversation_id.clone(),
+            turn: answer.turn,
+            reply: answer.reply,
+            extracted: answer.extracted,
+            workflow_state,
+            replayed: true,
+        };
         self.emit(|| ServerEvent::Replayed {
             cid: req.conversation_id.clone(),
             user: req.user.clone(),

@@ -106,12 +106,12 @@ pub fn cross_user(out: &RunOutput) -> Vec<Violation> {
                 }
             }
         }
-        if let Some(data) = body["workflowState"]["collectedData"].as_object() {
-            for (field, value) in data {
-                let tag = value.as_str().and_then(|s| s.split('.').next()).unwrap_or("");
-                if tag != c.user {
-                    found.push(v(CROSS_USER, t, format!("request {} of {} via {} saw {field}={value}, which belongs to {tag}", c.req, c.user, c.worker)));
-                }
+        let stored = body["workflowState"]["collectedData"].as_object().into_iter().flatten().map(|(f, v)| (f.as_str(), v));
+        let extracted = body["extracted"].as_array().into_iter().flatten().filter_map(|x| Some((x["field"].as_str()?, &x["value"])));
+        for (field, value) in stored.chain(extracted) {
+            let tag = value.as_str().and_then(|s| s.split('.').next()).unwrap_or("");
+            if tag != c.user {
+                found.push(v(CROSS_USER, t, format!("request {} of {} via {} saw {field}={value}, which belongs to {tag}", c.req, c.user, c.worker)));
             }
         }
     }
@@ -429,6 +429,9 @@ mod tests {
         fires(&out, CROSS_USER);
         let mut out = clean();
         out.owners.insert("c1".into(), "bob".into());
+        fires(&out, CROSS_USER);
+        let mut out = clean();
+        response_body(&mut out)["extracted"] = json!([{"kind":"field","field":"email","value":"bob.c0.email","confidence":"high"}]);
         fires(&out, CROSS_USER);
         let mut out = clean();
         out.history.push(Entry { t_ms: 3, ev: Ev::CopilotSawForeignData { cid: "c1".into(), user: "alice".into(), field: "email".into(), value: "bob.c0.email".into() } });
