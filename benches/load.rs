@@ -306,7 +306,7 @@ fn start_redis() -> Option<BenchRedis> {
 /// `redis-benchmark`'s requests/s for SET at 100 clients on the same server.
 fn redis_benchmark_set(port: u16) -> Option<f64> {
     let out = std::process::Command::new("redis-benchmark")
-        .args(["-p", &port.to_string(), "-c", "100", "-n", "200000", "-t", "set", "--csv"])
+        .args(["-p", &port.to_string(), "-c", "100", "-n", "100000", "-t", "set", "--csv"])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -334,14 +334,33 @@ fn bench_redis(c: &mut Criterion) {
     let store = Arc::new(Timed::new(redis));
     let o = Arc::new(Orchestrator::new(store.clone(), Arc::new(ScriptedCopilot::new()), Arc::new(RecordingEffects::new()), clock, SeededRng::from_seed(3), TurnConfig::default()));
     rt.block_on(hundred_conversations(&o, 0));
-    let turns_per_s = summary(&rt, "redis/100-conversations", &o, &store, 40, |o, r| async move { hundred_conversations(&o, r).await });
-    match redis_benchmark_set(server.1) {
-        Some(ops) => println!(
-            "redis-benchmark SET, 100 clients: {ops:.0} ops/s; limit at 2 round trips per turn {:.0} turns/s; ratio turns/s / (ops/s / 2) = {:.2}",
-            ops / 2.0,
-            turns_per_s / (ops / 2.0)
-        ),
-        None => println!("redis-benchmark not available: no ratio"),
+    // The machine is shared and noisy: interleave our measurement with redis-benchmark's, three
+    // times each, and compare medians rather than one run of each.
+    const PAIRS: u64 = 3;
+    let mut ours = Vec::new();
+    let mut limit = Vec::new();
+    for i in 0..PAIRS {
+        ours.push(summary(&rt, "redis/100-conversations", &o, &store, 15, move |o, r| async move { hundred_conversations(&o, r + i * 1_000).await }));
+        if let Some(ops) = redis_benchmark_set(server.1) {
+            limit.push(ops);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let turns_per_s = median(&mut ours);
+    match limit.is_empty() {
+        false => {
+            let ops = median(&mut limit);
+            println!(
+                "redis-benchmark SET, 100 clients: median {ops:.0} ops/s of {limit:?}; limit at 2 round trips per turn {:.0} turns/s; \
+                 median turns/s {turns_per_s:.0}; ratio turns/s / (ops/s / 2) = {:.2}",
+                ops / 2.0,
+                turns_per_s / (ops / 2.0)
+            )
+        }
+        true => println!("redis-benchmark not available: no ratio"),
     }
     let mut g = c.benchmark_group("redis");
     g.throughput(Throughput::Elements((CONVERSATIONS * LEAD_TURNS.len()) as u64));
