@@ -172,9 +172,11 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
         }
     }
     say!("\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads", plan.len(), elapsed.as_secs_f64(), plan.len() as f64 / elapsed.as_secs_f64());
-    say!("events over all seeds:");
-    for (k, n) in &all_counters {
-        say!("  {k:<40} {n}");
+    let names: Vec<&str> = tallies.keys().copied().collect();
+    say!("\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
+    for k in sim::report::COUNTERS {
+        let per: Vec<u64> = names.iter().map(|n| tallies[n].counters.get(k).copied().unwrap_or(0)).collect();
+        say!("{:<40}{}{:>10}", k, per.iter().map(|v| format!("{v:>12}")).collect::<String>(), all_counters.get(k).copied().unwrap_or(0));
     }
     let mismatches = mismatches.into_inner().unwrap();
     say!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());

@@ -43,8 +43,25 @@ pub fn replay_command(options: &Options, seed: u64) -> String {
     }
 }
 
+/// Every counter a verdict reports, so a summary shows what did *not* happen too.
+pub const COUNTERS: [&str; 13] = [
+    "requests",
+    "duplicate deliveries sent",
+    "409 in flight",
+    "503 retry later",
+    "replays served",
+    "commits",
+    "commits rejected by fence",
+    "lease lost while working",
+    "copilot calls in a latency spike",
+    "copilot calls failed or timed out",
+    "submissions",
+    "duplicate submissions de-duplicated",
+    "no-signal hand-offs",
+];
+
 fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
-    let mut c: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut c: BTreeMap<&'static str, u64> = COUNTERS.iter().map(|k| (*k, 0)).collect();
     let mut bump = |k: &'static str| *c.entry(k).or_default() += 1;
     for e in h {
         match &e.ev {
@@ -60,6 +77,7 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::CopilotCalled { ok: false, .. } => bump("copilot calls failed or timed out"),
             Ev::SinkReceived { accepted: false, .. } => bump("duplicate submissions de-duplicated"),
             Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
+            Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => bump("no-signal hand-offs"),
             _ => {}
         }
     }
