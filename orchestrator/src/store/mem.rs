@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 /// Shards of the embedded store; more shards, less contention between conversations.
 pub const MEM_SHARDS: usize = 64;
+/// Expired idempotency entries removed per commit at most (bounded work on the hot path).
+pub const IDEM_PURGE_PER_COMMIT_MAX: usize = 8;
 
 #[derive(Debug, Clone)]
 enum Idem {
@@ -31,9 +33,27 @@ struct Shard {
     leases: LeaseTable,
     records: BTreeMap<String, ConversationRecord>,
     idem: BTreeMap<String, Idem>,
+    /// Completed entries in the order they were written, with their expiry: the purge walks
+    /// it from the front, so a long-running server does not keep every answer forever.
+    expiries: std::collections::VecDeque<(u64, String)>,
 }
 
 impl Shard {
+    /// Drops up to `IDEM_PURGE_PER_COMMIT_MAX` expired entries from the front of the queue.
+    fn purge(&mut self, now_ms: u64) {
+        for _ in 0..IDEM_PURGE_PER_COMMIT_MAX {
+            match self.expiries.front() {
+                Some((at, _)) if *at <= now_ms => {}
+                _ => return,
+            }
+            let Some((at, key)) = self.expiries.pop_front() else { return };
+            // The entry may have been rewritten since; only remove what expired.
+            if self.idem.get(&key).is_some_and(|e| e.expires_at_ms() <= now_ms && e.expires_at_ms() == at) {
+                self.idem.remove(&key);
+            }
+        }
+    }
+
     fn live_idem(&mut self, key: &str, now_ms: u64) -> Option<&mut Idem> {
         if self.idem.get(key).is_some_and(|e| e.expires_at_ms() <= now_ms) {
             self.idem.remove(key);
@@ -120,14 +140,13 @@ impl MemStore {
             return CommitOutcome::Superseded;
         }
         s.records.insert(a.cid.to_string(), a.record.clone());
+        let expires_at_ms = now.saturating_add(a.idempotency_ttl_ms);
         s.idem.insert(
             a.idem_key.to_string(),
-            Idem::Completed {
-                fingerprint: a.fingerprint.to_string(),
-                response: a.response.to_string(),
-                expires_at_ms: now.saturating_add(a.idempotency_ttl_ms),
-            },
+            Idem::Completed { fingerprint: a.fingerprint.to_string(), response: a.response.to_string(), expires_at_ms },
         );
+        s.expiries.push_back((expires_at_ms, a.idem_key.to_string()));
+        s.purge(now);
         s.leases.release(&lock_key, a.owner_token, now);
         CommitOutcome::Committed
     }
@@ -159,6 +178,11 @@ impl MemStore {
     pub fn fence_now(&self, cid: &str) -> u64 {
         lock(self.shard(cid)).leases.fence(&keys::lock(cid))
     }
+
+    /// Idempotency entries held, expired or not (tests).
+    pub fn idem_entries(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).idem.len()).sum()
+    }
 }
 
 impl Store for MemStore {
@@ -179,5 +203,37 @@ impl Store for MemStore {
     }
     async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         Ok(self.extend_now(cid, owner_token, idem_key, ttl_ms))
+    }
+}
+
+#[cfg(all(test, not(orchsim_loom)))]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::workflow::{workflow, WorkflowState};
+
+    #[test]
+    fn expired_idempotency_entries_are_purged_as_commits_go_on() {
+        let clock = Arc::new(ManualClock::new(0));
+        let store = MemStore::with_shards(clock.clone(), 1);
+        let rec = ConversationRecord { owner: "u".into(), state: WorkflowState::new(workflow("lead").unwrap()), writer_fence: 0 };
+        store.create_now("c", &rec);
+        let turn = |key: &str, ttl: u64| {
+            let idem = keys::idem("c", "u", key);
+            let BeginOutcome::Acquired { fence, record } = store.begin_now(&BeginArgs { cid: "c", user: "u", idem_key: &idem, fingerprint: "fp", owner_token: key, lease_ttl_ms: 100 }) else { panic!("begin") };
+            let mut next = record.clone();
+            next.state.version += 1;
+            store.commit_now(&CommitArgs { cid: "c", owner_token: key, fence, record: &next, idem_key: &idem, fingerprint: "fp", response: "{}", idempotency_ttl_ms: ttl });
+        };
+        for i in 0..20 {
+            turn(&format!("old{i}"), 1_000);
+        }
+        assert_eq!(store.idem_entries(), 20);
+        clock.advance_ms(1_000);
+        for i in 0..3 {
+            turn(&format!("new{i}"), 1_000);
+        }
+        // 3 commits × 8 purged: all 20 expired entries are gone, the 3 fresh ones stay.
+        assert_eq!(store.idem_entries(), 3);
     }
 }
