@@ -52,7 +52,8 @@ impl<S: Store> Store for Timed<S> {
                 self.first_begin.lock().unwrap().entry(a.owner_token.to_string()).or_insert(now);
             }
             Ok(BeginOutcome::Acquired { .. }) => {
-                let first = if self.first_begin.lock().unwrap().is_empty() { None } else { self.first_begin.lock().unwrap().remove(a.owner_token) };
+                let first =
+                    if self.first_begin.lock().unwrap().is_empty() { None } else { self.first_begin.lock().unwrap().remove(a.owner_token) };
                 self.acquire_us.lock().unwrap().push(first.unwrap_or(now).elapsed().as_micros() as u64);
             }
             _ => {
@@ -112,7 +113,12 @@ async fn hundred_conversations<S: Store>(o: &Arc<Orch<S>>, round: u64) -> usize 
             tokio::spawn(async move {
                 let cid = o.create("bench", "lead").await.unwrap();
                 for (i, q) in LEAD_TURNS.iter().enumerate() {
-                    let r = TurnRequest { conversation_id: cid.clone(), user: "bench".into(), idempotency_key: format!("r{round}-t{i}"), query: q.to_string() };
+                    let r = TurnRequest {
+                        conversation_id: cid.clone(),
+                        user: "bench".into(),
+                        idempotency_key: format!("r{round}-t{i}"),
+                        query: q.to_string(),
+                    };
                     let resp = turn_retrying(&o, &r).await;
                     debug_assert!(i < 3 || resp.workflow_state.step == workflow::Step::Succeeded);
                 }
@@ -133,7 +139,12 @@ async fn contended<S: Store>(o: &Arc<Orch<S>>, round: u64) -> usize {
         let cid = o.create("bench", "profile").await.unwrap();
         for (i, f) in fields.iter().enumerate() {
             let (o, cid) = (o.clone(), cid.clone());
-            let r = TurnRequest { conversation_id: cid, user: "bench".into(), idempotency_key: format!("r{round}-f{i}"), query: format!("{f} is v{i}") };
+            let r = TurnRequest {
+                conversation_id: cid,
+                user: "bench".into(),
+                idempotency_key: format!("r{round}-f{i}"),
+                query: format!("{f} is v{i}"),
+            };
             tasks.push(tokio::spawn(async move { turn_retrying(&o, &r).await }));
         }
     }
@@ -332,7 +343,14 @@ fn bench_redis(c: &mut Criterion) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let redis = orchestrator::store::RedisStore::open(&format!("redis://127.0.0.1:{}", server.1), Default::default(), 3).unwrap();
     let store = Arc::new(Timed::new(redis));
-    let o = Arc::new(Orchestrator::new(store.clone(), Arc::new(ScriptedCopilot::new()), Arc::new(RecordingEffects::new()), clock, SeededRng::from_seed(3), TurnConfig::default()));
+    let o = Arc::new(Orchestrator::new(
+        store.clone(),
+        Arc::new(ScriptedCopilot::new()),
+        Arc::new(RecordingEffects::new()),
+        clock,
+        SeededRng::from_seed(3),
+        TurnConfig::default(),
+    ));
     rt.block_on(hundred_conversations(&o, 0));
     // The machine is shared and noisy: interleave our measurement with redis-benchmark's, three
     // times each, and compare medians rather than one run of each.
@@ -340,7 +358,9 @@ fn bench_redis(c: &mut Criterion) {
     let mut ours = Vec::new();
     let mut limit = Vec::new();
     for i in 0..PAIRS {
-        ours.push(summary(&rt, "redis/100-conversations", &o, &store, 15, move |o, r| async move { hundred_conversations(&o, r + i * 1_000).await }));
+        ours.push(summary(&rt, "redis/100-conversations", &o, &store, 15, move |o, r| async move {
+            hundred_conversations(&o, r + i * 1_000).await
+        }));
         if let Some(ops) = redis_benchmark_set(server.1) {
             limit.push(ops);
         }

@@ -74,7 +74,9 @@ fn known_bug(name: Option<&str>) -> Result<Option<sim::KnownBug>, String> {
         return Err("--known-bug needs a build with `--features known-bugs`".into());
     }
     let all: Vec<String> = sim::KnownBug::ALL.iter().map(|b| serde_json::to_value(b).unwrap().as_str().unwrap().to_string()).collect();
-    serde_json::from_value(serde_json::Value::String(name.into())).map(Some).map_err(|_| format!("unknown known bug {name:?}; known: {}", all.join(", ")))
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .map(Some)
+        .map_err(|_| format!("unknown known bug {name:?}; known: {}", all.join(", ")))
 }
 
 fn scenario(name: &str) -> Result<&'static Scenario, String> {
@@ -90,17 +92,28 @@ struct Tally {
     counters: BTreeMap<&'static str, u64>,
 }
 
-fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize, recheck_every: u64, bug: Option<sim::KnownBug>) -> ExitCode {
+fn explore(
+    seeds: u64,
+    only: Option<&'static Scenario>,
+    first: u64,
+    jobs: usize,
+    recheck_every: u64,
+    bug: Option<sim::KnownBug>,
+) -> ExitCode {
     let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
         .map(|i| {
             let s = only.unwrap_or_else(|| &SCENARIOS[(i % SCENARIOS.len() as u64) as usize]);
             (s, first + i)
         })
         .collect();
-    eprintln!("exploring {} seeds from {first} on {jobs} threads; scenarios: {}", plan.len(), match only {
-        Some(s) => s.name.to_string(),
-        None => names().join(", "),
-    });
+    eprintln!(
+        "exploring {} seeds from {first} on {jobs} threads; scenarios: {}",
+        plan.len(),
+        match only {
+            Some(s) => s.name.to_string(),
+            None => names().join(", "),
+        }
+    );
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let failed_seeds = AtomicU64::new(0);
@@ -121,7 +134,10 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
                     rechecked.fetch_add(1, Ordering::SeqCst);
                     let again = sc.run_with_bug(seed, bug);
                     if again.trace_hash != v.trace_hash {
-                        mismatches.lock().unwrap().push(format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash));
+                        mismatches
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash));
                     }
                 }
                 {
@@ -151,7 +167,13 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
             let el = start.elapsed().as_secs_f64().max(1e-9);
             let width: u64 = 30;
             let filled = if total == 0 { width } else { (d * width / total).min(width) } as usize;
-            eprint!("\r[{}{}] {d}/{total} seeds  {:.1} seeds/s  {} failing   ", "#".repeat(filled), ".".repeat(width as usize - filled), d as f64 / el, failed_seeds.load(Ordering::SeqCst));
+            eprint!(
+                "\r[{}{}] {d}/{total} seeds  {:.1} seeds/s  {} failing   ",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled),
+                d as f64 / el,
+                failed_seeds.load(Ordering::SeqCst)
+            );
             let _ = std::io::stderr().flush();
             if d >= total {
                 eprintln!();
@@ -171,7 +193,12 @@ fn explore(seeds: u64, only: Option<&'static Scenario>, first: u64, jobs: usize,
             *all_counters.entry(k).or_default() += n;
         }
     }
-    say!("\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads", plan.len(), elapsed.as_secs_f64(), plan.len() as f64 / elapsed.as_secs_f64());
+    say!(
+        "\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads",
+        plan.len(),
+        elapsed.as_secs_f64(),
+        plan.len() as f64 / elapsed.as_secs_f64()
+    );
     let names: Vec<&str> = tallies.keys().copied().collect();
     say!("\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
     for k in sim::report::COUNTERS {
@@ -238,13 +265,15 @@ fn main() -> ExitCode {
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
             explore(seeds, only, first_seed, jobs, recheck_every, bug)
         }
-        Cmd::Replay { scenario: name, seed, quiet, known_bug: bug } => match scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))) {
-            Ok((s, bug)) => replay(s, seed, quiet, bug),
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+        Cmd::Replay { scenario: name, seed, quiet, known_bug: bug } => {
+            match scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))) {
+                Ok((s, bug)) => replay(s, seed, quiet, bug),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-        },
+        }
         Cmd::Scenarios => {
             for s in SCENARIOS {
                 say!("{:<12} {}", s.name, s.about);

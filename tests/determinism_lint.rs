@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 
 const ROOTS: &[&str] = &["orchestrator/src", "sim/src", "scenarios/src"];
 /// Files that may touch the wall clock or OS entropy: never on a simulated path.
-const ALLOWED: &[(&str, &str)] = &[
-    ("orchestrator/src/clock.rs", "SystemTime"),
-    ("orchestrator/src/main.rs", "rand::random"),
-];
-const FORBIDDEN: &[&str] = &["HashMap", "HashSet", "SystemTime", "std::time::Instant", "thread_rng", "rand::random", "rand::rng", "OsRng", "getrandom"];
+const ALLOWED: &[(&str, &str)] = &[("orchestrator/src/clock.rs", "SystemTime"), ("orchestrator/src/main.rs", "rand::random")];
+const FORBIDDEN: &[&str] =
+    &["HashMap", "HashSet", "SystemTime", "std::time::Instant", "thread_rng", "rand::random", "rand::rng", "OsRng", "getrandom"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

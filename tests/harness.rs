@@ -55,6 +55,7 @@ fn a_failing_seed_prints_a_command_that_reproduces_its_trace() {
     let args: Vec<&str> = cmd.split_once(" -- ").unwrap().1.split(' ').collect();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchsim")).args(&args).arg("--quiet").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let hash = stdout.lines().find_map(|l| l.split_once("trace hash ").map(|(_, h)| h.trim().to_string())).expect("replay prints the trace hash");
+    let hash =
+        stdout.lines().find_map(|l| l.split_once("trace hash ").map(|(_, h)| h.trim().to_string())).expect("replay prints the trace hash");
     assert_eq!(hash, v.trace_hash, "the replay command did not reproduce the run:\n{stdout}");
 }

@@ -50,13 +50,7 @@ pub fn build(ctx: &Context) -> String {
     // Field names are identifiers (checked on parse), so they need no escaping; the data is
     // JSON, whose string escaping makes any value safe; the query is the rest of the line.
     let data = serde_json::to_string(&ctx.collected_data).unwrap_or_else(|_| "{}".into());
-    format!(
-        "{CONTEXT_TAG} step={} constraints=[{}] collectedData={} {}",
-        ctx.step.as_str(),
-        ctx.constraints.join(","),
-        data,
-        ctx.query
-    )
+    format!("{CONTEXT_TAG} step={} constraints=[{}] collectedData={} {}", ctx.step.as_str(), ctx.constraints.join(","), data, ctx.query)
 }
 
 pub fn parse(text: &str) -> Result<Context, ContextError> {
@@ -110,7 +104,12 @@ mod tests {
 
     #[test]
     fn context_prefix_has_spaces_between_parts() {
-        let text = build(&Context { step: Step::Gathering, constraints: vec!["a".into(), "b".into()], collected_data: BTreeMap::new(), query: "hi".into() });
+        let text = build(&Context {
+            step: Step::Gathering,
+            constraints: vec!["a".into(), "b".into()],
+            collected_data: BTreeMap::new(),
+            query: "hi".into(),
+        });
         assert_eq!(text, "[WORKFLOW_CONTEXT] step=gathering constraints=[a,b] collectedData={} hi");
     }
 

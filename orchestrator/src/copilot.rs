@@ -161,13 +161,18 @@ mod tests {
     #[test]
     fn scripted_copilot_understands_the_demo_phrases() {
         assert_eq!(payload("email is a@b.c"), Some(json!({"intent":"provide","fields":{"email":"a@b.c"},"confidence":"high"})));
-        assert_eq!(payload("Payment method is Visa card"), Some(json!({"intent":"provide","fields":{"payment_method":"Visa card"},"confidence":"high"})));
+        assert_eq!(
+            payload("Payment method is Visa card"),
+            Some(json!({"intent":"provide","fields":{"payment_method":"Visa card"},"confidence":"high"}))
+        );
         assert_eq!(payload("maybe phone is 123"), Some(json!({"intent":"provide","fields":{"phone":"123"},"confidence":"low"})));
         assert_eq!(payload("YES"), Some(json!({"intent":"confirm","confidence":"high"})));
         assert_eq!(payload("cancel"), Some(json!({"intent":"decline","confidence":"high"})));
         assert_eq!(payload("hello there"), None);
-        assert_eq!(payload("[WORKFLOW_CONTEXT] step=gathering constraints=[email] collectedData={} company is ACME"),
-            Some(json!({"intent":"provide","fields":{"company":"ACME"},"confidence":"high"})));
+        assert_eq!(
+            payload("[WORKFLOW_CONTEXT] step=gathering constraints=[email] collectedData={} company is ACME"),
+            Some(json!({"intent":"provide","fields":{"company":"ACME"},"confidence":"high"}))
+        );
         assert_eq!(payload("ü"), None);
     }
 }

@@ -103,8 +103,16 @@ mod tests {
     #[test]
     fn structured_payload_is_read_first() {
         use serde_json::json;
-        check(Some(json!({"intent":"provide","fields":{"email":"a@b.c"},"confidence":"high"})), "", vec![field("email", "a@b.c", Confidence::High)]);
-        check(Some(json!({"intent":"provide","fields":{"email":"a@b.c"},"confidence":"medium"})), "", vec![field("email", "a@b.c", Confidence::Medium)]);
+        check(
+            Some(json!({"intent":"provide","fields":{"email":"a@b.c"},"confidence":"high"})),
+            "",
+            vec![field("email", "a@b.c", Confidence::High)],
+        );
+        check(
+            Some(json!({"intent":"provide","fields":{"email":"a@b.c"},"confidence":"medium"})),
+            "",
+            vec![field("email", "a@b.c", Confidence::Medium)],
+        );
         check(Some(json!({"intent":"confirm","confidence":"high"})), "", vec![Event::Confirmed]);
         check(Some(json!({"intent":"decline","confidence":"high"})), "", vec![Event::Declined]);
         check(Some(json!({"intent":"confirm","confidence":"medium"})), "", vec![Event::NoSignal]);
@@ -136,7 +144,11 @@ mod tests {
 
     #[test]
     fn fallback_reads_json_in_message_text() {
-        check(None, "Sure! {\"intent\":\"provide\",\"fields\":{\"phone\":\"123\"},\"confidence\":\"high\"}", vec![field("phone", "123", Confidence::High)]);
+        check(
+            None,
+            "Sure! {\"intent\":\"provide\",\"fields\":{\"phone\":\"123\"},\"confidence\":\"high\"}",
+            vec![field("phone", "123", Confidence::High)],
+        );
         check(None, "{ not json }", vec![Event::NoSignal]);
         check(None, "} backwards {", vec![Event::NoSignal]);
     }

@@ -52,9 +52,7 @@ impl From<TurnError> for ApiError {
             TurnError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
             TurnError::InFlight => Self::new(StatusCode::CONFLICT, "in_flight", msg),
             TurnError::KeyReused => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "key_reused", msg),
-            TurnError::Unavailable { retry_after_s, .. } => {
-                Self(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg, Some(retry_after_s))
-            }
+            TurnError::Unavailable { retry_after_s, .. } => Self(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg, Some(retry_after_s)),
         }
     }
 }

@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 use orchestrator::http::{router, serve, Api};
 use orchestrator::net::TcpConnector;
 use orchestrator::store::{RedisConfig, RedisStore};
-use orchestrator::{Copilot, HttpCopilot, MemStore, Orchestrator, RecordingEffects, ScriptedCopilot, SeededRng, Store, SystemClock, TurnConfig};
+use orchestrator::{
+    Copilot, HttpCopilot, MemStore, Orchestrator, RecordingEffects, ScriptedCopilot, SeededRng, Store, SystemClock, TurnConfig,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -111,11 +113,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| match cli.cmd {
+    let result =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| match cli.cmd {
             Cmd::Serve(args) => rt.block_on(serve_cmd(args)),
         });
     match result {

@@ -10,7 +10,7 @@
 use crate::clock::Clock;
 use crate::context::{self, Context};
 use crate::copilot::{Copilot, CopilotRequest};
-use crate::effects::{submission_key, Effects, SubmitOutcome, Submission};
+use crate::effects::{submission_key, Effects, Submission, SubmitOutcome};
 use crate::extract::extract;
 use crate::known_bugs::{self, KnownBug};
 use crate::rng::SeededRng;
@@ -242,8 +242,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
 
     /// Creates a conversation owned by `user`; returns its new, unguessable id.
     pub async fn create(&self, user: &str, workflow_name: &str) -> Result<String, TurnError> {
-        let wf = workflow::workflow(workflow_name)
-            .ok_or_else(|| TurnError::BadRequest(format!("unknown workflow {workflow_name:?}")))?;
+        let wf = workflow::workflow(workflow_name).ok_or_else(|| TurnError::BadRequest(format!("unknown workflow {workflow_name:?}")))?;
         let record = ConversationRecord { owner: user.to_string(), state: WorkflowState::new(wf), writer_fence: 0 };
         // 128 random bits never collide in practice; a collision is retried a bounded number
         // of times rather than overwriting someone's conversation.
@@ -282,9 +281,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             return Err(TurnError::NotFound);
         }
         if !valid_idempotency_key(&req.idempotency_key) {
-            return Err(TurnError::BadRequest(format!(
-                "Idempotency-Key must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes of [A-Za-z0-9._:-]"
-            )));
+            return Err(TurnError::BadRequest(format!("Idempotency-Key must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes of [A-Za-z0-9._:-]")));
         }
         if req.query.len() > QUERY_BYTES_MAX {
             return Err(TurnError::BadRequest(format!("query is over {QUERY_BYTES_MAX} bytes")));

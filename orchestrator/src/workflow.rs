@@ -28,8 +28,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 5] =
-        [Step::Gathering, Step::Confirming, Step::Succeeded, Step::Cancelled, Step::NeedsHuman];
+    pub const ALL: [Step; 5] = [Step::Gathering, Step::Confirming, Step::Succeeded, Step::Cancelled, Step::NeedsHuman];
 
     pub fn is_terminal(self) -> bool {
         matches!(self, Step::Succeeded | Step::Cancelled | Step::NeedsHuman)
@@ -170,10 +169,7 @@ pub fn step(state: &WorkflowState, event: &Event) -> Result<Transition, Rejected
             Err(Rejected::UnknownField(field.clone()))
         }
         (Gathering | Confirming, Event::FieldExtracted { field, value, confidence: Confidence::Medium }) => {
-            Ok(Transition {
-                state: state.clone(),
-                commands: vec![Command::ConfirmValue { field: field.clone(), value: value.clone() }],
-            })
+            Ok(Transition { state: state.clone(), commands: vec![Command::ConfirmValue { field: field.clone(), value: value.clone() }] })
         }
         (Gathering | Confirming, Event::FieldExtracted { field, value, confidence: Confidence::High }) => {
             let mut next = state.clone();
@@ -319,8 +315,9 @@ mod tests {
                 match (s.is_terminal(), &e, &r) {
                     (true, _, Err(Rejected::Terminal(t))) => assert_eq!(*t, s),
                     (true, _, other) => panic!("terminal {s:?} + {e:?} gave {other:?}"),
-                    (false, Event::FieldExtracted { field, .. }, Err(Rejected::UnknownField(f)))
-                        if field == "shoe_size" => assert_eq!(f, field),
+                    (false, Event::FieldExtracted { field, .. }, Err(Rejected::UnknownField(f))) if field == "shoe_size" => {
+                        assert_eq!(f, field)
+                    }
                     (false, Event::FieldExtracted { confidence: Confidence::High, .. }, Ok(t)) => {
                         assert_eq!(t.state.collected_data.get("email").map(String::as_str), Some("a@b"));
                         assert_eq!(t.state.no_signal_streak, 0);
@@ -329,8 +326,7 @@ mod tests {
                         assert_eq!(t.state, state, "medium confidence must not change state");
                         assert!(matches!(t.commands[..], [Command::ConfirmValue { .. }]));
                     }
-                    (false, Event::FieldExtracted { confidence: Confidence::Low, .. }, Ok(t))
-                    | (false, Event::NoSignal, Ok(t)) => {
+                    (false, Event::FieldExtracted { confidence: Confidence::Low, .. }, Ok(t)) | (false, Event::NoSignal, Ok(t)) => {
                         assert_eq!(t.state.collected_data, state.collected_data);
                         assert_eq!(t.state.no_signal_streak, state.no_signal_streak + 1);
                         assert_eq!(t.state.step, s);

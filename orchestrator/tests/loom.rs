@@ -29,7 +29,16 @@ fn commit(store: &MemStore, token: &str, key: &str, fence: u64, mut rec: Convers
     let idem = keys::idem("c", "u", key);
     rec.state.version += 1;
     rec.writer_fence = fence;
-    store.commit_now(&CommitArgs { cid: "c", owner_token: token, fence, record: &rec, idem_key: &idem, fingerprint: key, response: "{}", idempotency_ttl_ms: 10_000 })
+    store.commit_now(&CommitArgs {
+        cid: "c",
+        owner_token: token,
+        fence,
+        record: &rec,
+        idem_key: &idem,
+        fingerprint: key,
+        response: "{}",
+        idempotency_ttl_ms: 10_000,
+    })
 }
 
 #[test]

@@ -5,10 +5,10 @@
 //!
 //! Field values are tagged `<user>.<conversation>.<field>` so any cross-user leak shows.
 
+use crate::faults::FaultPlan;
 use crate::history::{sim_now_ms, Ev, History};
 use crate::net::TurmoilConnector;
 use crate::world::Options;
-use crate::faults::FaultPlan;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use orchestrator::net::Connector;
@@ -83,7 +83,18 @@ impl Client {
 
     /// One HTTP request to one worker, logged as invoke + response.
     #[allow(clippy::too_many_arguments)]
-    async fn request(&self, worker: usize, user: &str, op: &str, method: &str, path: String, cid: Option<&str>, key: Option<&str>, body: Value, duplicate: bool) -> Option<Answer> {
+    async fn request(
+        &self,
+        worker: usize,
+        user: &str,
+        op: &str,
+        method: &str,
+        path: String,
+        cid: Option<&str>,
+        key: Option<&str>,
+        body: Value,
+        duplicate: bool,
+    ) -> Option<Answer> {
         let req = self.shared.next_req.fetch_add(1, Ordering::SeqCst);
         let host = format!("worker-{worker}");
         let query = body.get("query").and_then(|q| q.as_str()).map(String::from);
@@ -100,11 +111,16 @@ impl Client {
         });
         let fut = async {
             let io = TurmoilConnector.connect(&host, 80).await.map_err(|e| format!("connect: {e}"))?;
-            let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| format!("handshake: {e}"))?;
+            let (mut tx, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut b = hyper::Request::builder().method(method).uri(path.as_str()).header("host", host.as_str()).header("authorization", format!("Bearer {}", token_of(user)));
+            let mut b = hyper::Request::builder()
+                .method(method)
+                .uri(path.as_str())
+                .header("host", host.as_str())
+                .header("authorization", format!("Bearer {}", token_of(user)));
             if let Some(k) = key {
                 b = b.header("idempotency-key", k);
             }
@@ -174,7 +190,8 @@ impl Client {
                             // Held, then released: it may arrive after later turns committed.
                             let other = self.worker(Some(w));
                             let delay = self.below(LATE_DUPLICATE_DELAY_MS_MAX + 1);
-                            let (me, user, cid, key, path, body) = (self.clone(), user.to_string(), cid.to_string(), key.to_string(), path.clone(), body.clone());
+                            let (me, user, cid, key, path, body) =
+                                (self.clone(), user.to_string(), cid.to_string(), key.to_string(), path.clone(), body.clone());
                             let h = tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                                 me.request(other, &user, "turn", "POST", path, Some(&cid), Some(&key), body, true).await;
@@ -278,7 +295,11 @@ fn version(v: &Option<Value>) -> u64 {
 }
 
 fn newest(a: Option<Value>, b: Option<Value>) -> Option<Value> {
-    if version(&b) >= version(&a) && b.is_some() { b } else { a }
+    if version(&b) >= version(&a) && b.is_some() {
+        b
+    } else {
+        a
+    }
 }
 
 fn terminal(v: &Option<Value>) -> bool {

@@ -40,7 +40,12 @@ async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest
             for (field, value) in &ctx.collected_data {
                 let owner = value.split('.').next().unwrap_or("");
                 if owner != req.user_id {
-                    h.history.push(Ev::CopilotSawForeignData { cid: req.conversation_id.clone(), user: req.user_id.clone(), field: field.clone(), value: value.clone() });
+                    h.history.push(Ev::CopilotSawForeignData {
+                        cid: req.conversation_id.clone(),
+                        user: req.user_id.clone(),
+                        field: field.clone(),
+                        value: value.clone(),
+                    });
                 }
             }
         }

@@ -48,11 +48,9 @@ impl FaultPlan {
                     FaultKind::CopilotLatencySpike => {
                         Fault::CopilotLatencySpike { duration_ms, latency_ms: rng.random_range(lease_ttl_ms + 100..=lease_ttl_ms * 3) }
                     }
-                    FaultKind::Duplicates => Fault::Duplicates {
-                        duration_ms,
-                        concurrent_pct: rng.random_range(10..=60),
-                        late_pct: rng.random_range(10..=60),
-                    },
+                    FaultKind::Duplicates => {
+                        Fault::Duplicates { duration_ms, concurrent_pct: rng.random_range(10..=60), late_pct: rng.random_range(10..=60) }
+                    }
                 };
                 faults.push((at, f));
             }

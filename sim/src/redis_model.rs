@@ -196,10 +196,18 @@ impl Model {
             },
             "ECHO" if argc == 2 => Reply::Bulk(args[1].clone()),
             "CLIENT" if argc >= 2 && s(&args[1]).eq_ignore_ascii_case("SETINFO") => {
-                if argc == 4 { Reply::ok() } else { wrong_args() }
+                if argc == 4 {
+                    Reply::ok()
+                } else {
+                    wrong_args()
+                }
             }
             "SELECT" if argc == 2 => {
-                if args[1] == b"0" { Reply::ok() } else { Reply::err("ERR DB index is out of range") }
+                if args[1] == b"0" {
+                    Reply::ok()
+                } else {
+                    Reply::err("ERR DB index is out of range")
+                }
             }
             "FLUSHALL" => {
                 self.data.clear();
@@ -278,7 +286,13 @@ impl Model {
     }
 
     fn run_script(&mut self, kind: ScriptKind, keys: &[Vec<u8>], argv: &[Vec<u8>], now: u64) -> Result<Reply, String> {
-        let need = |k: usize, a: usize| if keys.len() < k || argv.len() < a { Err("script called with too few keys or arguments".to_string()) } else { Ok(()) };
+        let need = |k: usize, a: usize| {
+            if keys.len() < k || argv.len() < a {
+                Err("script called with too few keys or arguments".to_string())
+            } else {
+                Ok(())
+            }
+        };
         let ms = |b: &[u8]| int_arg(b).ok_or_else(|| "value is not an integer or out of range".to_string());
         match kind {
             ScriptKind::Begin => {
@@ -340,7 +354,9 @@ impl Model {
             ScriptKind::Release => {
                 need(2, 1)?;
                 let (lock, idem) = (&keys[0], &keys[1]);
-                if self.hget(idem, b"status", now)?.as_deref() == Some(b"inflight") && self.hget(idem, b"owner", now)?.as_deref() == Some(&argv[0][..]) {
+                if self.hget(idem, b"status", now)?.as_deref() == Some(b"inflight")
+                    && self.hget(idem, b"owner", now)?.as_deref() == Some(&argv[0][..])
+                {
                     self.del(idem, now);
                 }
                 if self.get(lock, now)?.as_deref() == Some(&argv[0][..]) {

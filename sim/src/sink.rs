@@ -3,7 +3,7 @@
 //! the worker hosts (not yet a network host of its own).
 
 use crate::history::{Ev, History};
-use orchestrator::effects::{Effects, EffectsError, SubmitOutcome, Submission};
+use orchestrator::effects::{Effects, EffectsError, Submission, SubmitOutcome};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 

@@ -2,10 +2,10 @@
 //! against the Redis model and a real `redis-server`; every reply must match.
 //! Under `CI=true` a missing `redis-server` fails the test.
 
+use orchestrator::store::redis::scripts;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sim::redis_model::Model;
-use orchestrator::store::redis::scripts;
 use sim::resp::Reply;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -92,10 +92,33 @@ fn random_command(rng: &mut ChaCha8Rng) -> Vec<Vec<u8>> {
     let sha = |src: &str| sha1_smol::Sha1::from(src.as_bytes()).digest().to_string();
     let record = format!("{{\"owner\":\"{user}\",\"v\":{}}}", rng.random_range(0..5));
     let strs: Vec<String> = match rng.random_range(0..100) {
-        0..=24 => vec!["EVALSHA".into(), sha(scripts::BEGIN), "4".into(), keys::state(cid), keys::lock(cid), keys::fence(cid), idem, user.into(), fp.into(), token.into(), ttl.into()],
+        0..=24 => vec![
+            "EVALSHA".into(),
+            sha(scripts::BEGIN),
+            "4".into(),
+            keys::state(cid),
+            keys::lock(cid),
+            keys::fence(cid),
+            idem,
+            user.into(),
+            fp.into(),
+            token.into(),
+            ttl.into(),
+        ],
         25..=44 => vec![
-            "EVALSHA".into(), sha(scripts::COMMIT), "4".into(), keys::state(cid), keys::lock(cid), keys::fence(cid), idem,
-            token.into(), (if rng.random_bool(0.5) { 1 } else { rng.random_range(0..4) }).to_string(), record, "{\"resp\":1}".into(), "60000".into(), fp.into(),
+            "EVALSHA".into(),
+            sha(scripts::COMMIT),
+            "4".into(),
+            keys::state(cid),
+            keys::lock(cid),
+            keys::fence(cid),
+            idem,
+            token.into(),
+            (if rng.random_bool(0.5) { 1 } else { rng.random_range(0..4) }).to_string(),
+            record,
+            "{\"resp\":1}".into(),
+            "60000".into(),
+            fp.into(),
         ],
         45..=54 => vec!["EVALSHA".into(), sha(scripts::RELEASE), "2".into(), keys::lock(cid), idem, token.into()],
         55..=64 => vec!["EVALSHA".into(), sha(scripts::EXTEND), "2".into(), keys::lock(cid), idem, token.into(), ttl.into()],

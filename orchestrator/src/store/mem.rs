@@ -220,10 +220,28 @@ mod tests {
         store.create_now("c", &rec);
         let turn = |key: &str, ttl: u64| {
             let idem = keys::idem("c", "u", key);
-            let BeginOutcome::Acquired { fence, record } = store.begin_now(&BeginArgs { cid: "c", user: "u", idem_key: &idem, fingerprint: "fp", owner_token: key, lease_ttl_ms: 100 }) else { panic!("begin") };
+            let BeginOutcome::Acquired { fence, record } = store.begin_now(&BeginArgs {
+                cid: "c",
+                user: "u",
+                idem_key: &idem,
+                fingerprint: "fp",
+                owner_token: key,
+                lease_ttl_ms: 100,
+            }) else {
+                panic!("begin")
+            };
             let mut next = record.clone();
             next.state.version += 1;
-            store.commit_now(&CommitArgs { cid: "c", owner_token: key, fence, record: &next, idem_key: &idem, fingerprint: "fp", response: "{}", idempotency_ttl_ms: ttl });
+            store.commit_now(&CommitArgs {
+                cid: "c",
+                owner_token: key,
+                fence,
+                record: &next,
+                idem_key: &idem,
+                fingerprint: "fp",
+                response: "{}",
+                idempotency_ttl_ms: ttl,
+            });
         };
         for i in 0..20 {
             turn(&format!("old{i}"), 1_000);

@@ -86,14 +86,33 @@ async fn begin<F: Fixture>(f: &F, cid: &str, user: &str, key: &str, fp: &str, to
     f.store().begin(&args).await.unwrap()
 }
 
-async fn commit<F: Fixture>(f: &F, cid: &str, user: &str, key: &str, fp: &str, token: &str, fence: u64, loaded: &ConversationRecord, field: &str) -> CommitOutcome {
+async fn commit<F: Fixture>(
+    f: &F,
+    cid: &str,
+    user: &str,
+    key: &str,
+    fp: &str,
+    token: &str,
+    fence: u64,
+    loaded: &ConversationRecord,
+    field: &str,
+) -> CommitOutcome {
     let idem = keys::idem(cid, user, key);
     let mut next = loaded.clone();
     next.state.version += 1;
     next.state.collected_data.insert(field.into(), format!("v{fence}"));
     next.writer_fence = fence;
     let response = format!("{{\"key\":\"{key}\",\"fence\":{fence}}}");
-    let args = CommitArgs { cid, owner_token: token, fence, record: &next, idem_key: &idem, fingerprint: fp, response: &response, idempotency_ttl_ms: IDEM_TTL_MS };
+    let args = CommitArgs {
+        cid,
+        owner_token: token,
+        fence,
+        record: &next,
+        idem_key: &idem,
+        fingerprint: fp,
+        response: &response,
+        idempotency_ttl_ms: IDEM_TTL_MS,
+    };
     f.store().commit(&args).await.unwrap()
 }
 

@@ -14,8 +14,15 @@ type RedisOrch = Orchestrator<RedisStore, ScriptedCopilot, RecordingEffects>;
 
 fn redis_orch(url: &str, seed: u64, events: Arc<Events>, redis_cfg: RedisConfig) -> RedisOrch {
     let store = RedisStore::open(url, redis_cfg, seed).unwrap();
-    Orchestrator::new(store, ScriptedCopilot::new(), RecordingEffects::new(), Arc::new(TokioClock::new()), SeededRng::from_seed(seed), TurnConfig::default())
-        .with_observer(events)
+    Orchestrator::new(
+        store,
+        ScriptedCopilot::new(),
+        RecordingEffects::new(),
+        Arc::new(TokioClock::new()),
+        SeededRng::from_seed(seed),
+        TurnConfig::default(),
+    )
+    .with_observer(events)
 }
 
 async fn spawn_worker(url: &str, seed: u64, events: Arc<Events>, redis_cfg: RedisConfig) -> String {
@@ -55,7 +62,11 @@ impl Monitor {
         self.marker.write_all(cmd.as_bytes()).await.unwrap();
         let mut seen = Vec::new();
         loop {
-            let line = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line()).await.expect("monitor stalled").unwrap().expect("monitor closed");
+            let line = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line())
+                .await
+                .expect("monitor stalled")
+                .unwrap()
+                .expect("monitor closed");
             if line.contains(&mark) {
                 return seen;
             }
@@ -76,7 +87,14 @@ async fn new_turn_costs_exactly_two_redis_round_trips_and_a_replay_one() {
     let o = redis_orch(&server.url(), 1, Arc::new(Events::default()), RedisConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     // Warm up: the first use of each script costs a NOSCRIPT and a SCRIPT LOAD.
-    o.turn(&TurnRequest { conversation_id: cid.clone(), user: "alice".into(), idempotency_key: "warm".into(), query: "email is a@x.io".into() }).await.unwrap();
+    o.turn(&TurnRequest {
+        conversation_id: cid.clone(),
+        user: "alice".into(),
+        idempotency_key: "warm".into(),
+        query: "email is a@x.io".into(),
+    })
+    .await
+    .unwrap();
     let mut mon = Monitor::start(server.port).await;
 
     let r = TurnRequest { conversation_id: cid.clone(), user: "alice".into(), idempotency_key: "k1".into(), query: "phone is 555".into() };
@@ -152,7 +170,8 @@ async fn two_workers_on_one_redis_lose_no_acknowledged_field_under_100_concurren
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_gives_503_then_the_same_worker_recovers_and_nothing_acknowledged_is_lost() {
     let Some(mut redis) = RedisServer::start_persistent() else { return };
-    let cfg = RedisConfig { connect_timeout_ms: 300, response_timeout_ms: 500, reconnect_backoff_base_ms: 20, reconnect_backoff_max_ms: 300 };
+    let cfg =
+        RedisConfig { connect_timeout_ms: 300, response_timeout_ms: 500, reconnect_backoff_base_ms: 20, reconnect_backoff_max_ms: 300 };
     let base = spawn_worker(&redis.url(), 1, Arc::new(Events::default()), cfg).await;
     let (_, _, body) = http(&base, "POST", "/v1/conversations", Some("demo"), None, r#"{"workflow":"lead"}"#).await;
     let id = body["id"].as_str().unwrap().to_string();
@@ -164,12 +183,16 @@ async fn redis_killed_mid_run_gives_503_then_the_same_worker_recovers_and_nothin
     // Every request answers 503 + Retry-After within the request deadline: never a 500, never a hang.
     const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
     for i in 0..5 {
-        let (s, h, body) = tokio::time::timeout(REQUEST_DEADLINE, http(&base, "POST", &turns, Some("demo"), Some("k3"), r#"{"query":"company is ACME"}"#))
-            .await
-            .expect("request hung with Redis down");
+        let (s, h, body) =
+            tokio::time::timeout(REQUEST_DEADLINE, http(&base, "POST", &turns, Some("demo"), Some("k3"), r#"{"query":"company is ACME"}"#))
+                .await
+                .expect("request hung with Redis down");
         assert_eq!(s, 503, "attempt {i}: {body}");
         assert!(h.contains_key("retry-after"));
-        let (s, _, _) = tokio::time::timeout(REQUEST_DEADLINE, http(&base, "GET", &format!("/v1/conversations/{id}"), Some("demo"), None, "")).await.unwrap();
+        let (s, _, _) =
+            tokio::time::timeout(REQUEST_DEADLINE, http(&base, "GET", &format!("/v1/conversations/{id}"), Some("demo"), None, ""))
+                .await
+                .unwrap();
         assert_eq!(s, 503);
     }
 

@@ -27,11 +27,25 @@ impl Events {
     }
 }
 
-pub async fn http(base: &str, method: &str, path: &str, token: Option<&str>, key: Option<&str>, body: &str) -> (u16, hyper::HeaderMap, serde_json::Value) {
+pub async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, hyper::HeaderMap, serde_json::Value) {
     http_bytes(base, method, path, token, key, Bytes::from(body.to_string())).await
 }
 
-pub async fn http_bytes(base: &str, method: &str, path: &str, token: Option<&str>, key: Option<&str>, body: Bytes) -> (u16, hyper::HeaderMap, serde_json::Value) {
+pub async fn http_bytes(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: Bytes,
+) -> (u16, hyper::HeaderMap, serde_json::Value) {
     let io = tokio::net::TcpStream::connect(base).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.unwrap();
     tokio::spawn(conn);
@@ -109,7 +123,16 @@ impl RedisServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port").arg(self.port.to_string()).arg("--bind").arg("127.0.0.1").arg("--dir").arg(&self.dir).arg("--save").arg("").arg("--loglevel").arg("warning");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--save")
+            .arg("")
+            .arg("--loglevel")
+            .arg("warning");
         if self.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {

@@ -97,7 +97,8 @@ async fn slow_copilot_past_lease_ttl_late_commit_is_rejected_and_no_acknowledged
     assert!(!fin.state.collected_data.contains_key("email"), "a rejected commit wrote state");
     assert_eq!(fin.state.version, 1);
     assert_eq!(fin.writer_fence, 2);
-    let rejected: Vec<_> = events.0.lock().unwrap().iter().filter(|e| matches!(e, ServerEvent::CommitRejected { fence: 1, .. })).cloned().collect();
+    let rejected: Vec<_> =
+        events.0.lock().unwrap().iter().filter(|e| matches!(e, ServerEvent::CommitRejected { fence: 1, .. })).cloned().collect();
     assert_eq!(rejected.len(), 1);
 
     // A's client retries with the same key: the in-flight marker was released, so it runs anew.
