@@ -26,8 +26,6 @@ pub const EXACTLY_ONCE: &str = "7 exactly-once effects";
 pub const NO_500_NO_HANG: &str = "8 no 500 and no hang";
 pub const CONTEXT_WELL_FORMED: &str = "10 Copilot context well-formed";
 
-pub const ALL: [&str; 9] = [LOST_DATA, CROSS_USER, NO_SIGNAL_LOOP, FENCED_WRITER, VALID_TRANSITIONS, FRESH_REPLAY, EXACTLY_ONCE, NO_500_NO_HANG, CONTEXT_WELL_FORMED];
-
 /// A client request with its invoke and (if any) its answer.
 struct Call<'a> {
     at_ms: u64,
@@ -45,7 +43,8 @@ fn calls(h: &[Entry]) -> Vec<Call<'_>> {
     for e in h {
         match &e.ev {
             Ev::Invoke { req, user, worker, op, key, .. } => {
-                by_req.insert(*req, Call { at_ms: e.t_ms, req: *req, user, worker, op, key: key.as_deref(), answer: None, no_answer: None });
+                by_req
+                    .insert(*req, Call { at_ms: e.t_ms, req: *req, user, worker, op, key: key.as_deref(), answer: None, no_answer: None });
             }
             Ev::Response { req, status, retry_after, body } => {
                 if let Some(c) = by_req.get_mut(req) {
@@ -94,7 +93,11 @@ pub fn cross_user(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
     for e in &out.history {
         if let Ev::CopilotSawForeignData { cid, user, field, value } = &e.ev {
-            found.push(v(CROSS_USER, e.t_ms, format!("Copilot was asked for {user} on conversation {cid} with {field}={value} in the context")));
+            found.push(v(
+                CROSS_USER,
+                e.t_ms,
+                format!("Copilot was asked for {user} on conversation {cid} with {field}={value} in the context"),
+            ));
         }
     }
     for c in calls(&out.history) {
@@ -102,7 +105,11 @@ pub fn cross_user(out: &RunOutput) -> Vec<Violation> {
         if let Some(cid) = body["conversationId"].as_str() {
             if let Some(owner) = out.owners.get(cid) {
                 if owner != c.user {
-                    found.push(v(CROSS_USER, t, format!("request {} of {} via {} answered with conversation {cid} of {owner}", c.req, c.user, c.worker)));
+                    found.push(v(
+                        CROSS_USER,
+                        t,
+                        format!("request {} of {} via {} answered with conversation {cid} of {owner}", c.req, c.user, c.worker),
+                    ));
                 }
             }
         }
@@ -111,7 +118,11 @@ pub fn cross_user(out: &RunOutput) -> Vec<Violation> {
         for (field, value) in stored.chain(extracted) {
             let tag = value.as_str().and_then(|s| s.split('.').next()).unwrap_or("");
             if tag != c.user {
-                found.push(v(CROSS_USER, t, format!("request {} of {} via {} saw {field}={value}, which belongs to {tag}", c.req, c.user, c.worker)));
+                found.push(v(
+                    CROSS_USER,
+                    t,
+                    format!("request {} of {} via {} saw {field}={value}, which belongs to {tag}", c.req, c.user, c.worker),
+                ));
             }
         }
     }
@@ -136,7 +147,9 @@ pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
     let mut signals: BTreeMap<(&str, u64), bool> = BTreeMap::new();
     for e in &out.history {
         if let Ev::Transition { cid, fence, events, .. } = &e.ev {
-            let none = events.iter().all(|x| x.kind == "no_signal" || (x.kind == "field" && x.confidence == Some(orchestrator::workflow::Confidence::Low)));
+            let none = events
+                .iter()
+                .all(|x| x.kind == "no_signal" || (x.kind == "field" && x.confidence == Some(orchestrator::workflow::Confidence::Low)));
             signals.insert((cid.as_str(), *fence), !none);
         }
     }
@@ -148,17 +161,25 @@ pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
             *n = if *had_signal { 0 } else { *n + 1 };
             let step = record["state"]["step"].as_str().and_then(Step::parse);
             if *n > NO_SIGNAL_STREAK_MAX as u64 && step.is_some_and(|s| !s.is_terminal()) {
-                found.push(v(NO_SIGNAL_LOOP, e.t_ms, format!("conversation {cid}: {n} committed turns in a row without a signal, still {step:?} (fence {fence})")));
+                found.push(v(
+                    NO_SIGNAL_LOOP,
+                    e.t_ms,
+                    format!("conversation {cid}: {n} committed turns in a row without a signal, still {step:?} (fence {fence})"),
+                ));
             }
         }
     }
     for (cid, rec) in &out.finals {
         match rec {
             Some(r) if r.state.step.is_terminal() => {}
-            Some(r) => found.push(v(NO_SIGNAL_LOOP, out.sim_ms, format!(
-                "conversation {cid} of {} ended the run in {:?} (version {}, streak {}): not terminal after the heal",
-                r.owner, r.state.step, r.state.version, r.state.no_signal_streak
-            ))),
+            Some(r) => found.push(v(
+                NO_SIGNAL_LOOP,
+                out.sim_ms,
+                format!(
+                    "conversation {cid} of {} ended the run in {:?} (version {}, streak {}): not terminal after the heal",
+                    r.owner, r.state.step, r.state.version, r.state.no_signal_streak
+                ),
+            )),
             None => found.push(v(NO_SIGNAL_LOOP, out.sim_ms, format!("conversation {cid} was acknowledged as created but has no state"))),
         }
     }
@@ -174,13 +195,21 @@ pub fn fenced_single_writer(out: &RunOutput) -> Vec<Violation> {
         if let Ev::ModelCommit { cid, fence, version, record, .. } = &e.ev {
             let (pf, pv) = last.get(cid.as_str()).copied().unwrap_or((0, 0));
             if *fence <= pf {
-                found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: commit under fence {fence} after a commit under fence {pf}")));
+                found.push(v(
+                    FENCED_WRITER,
+                    e.t_ms,
+                    format!("conversation {cid}: commit under fence {fence} after a commit under fence {pf}"),
+                ));
             }
             if *version != pv + 1 {
                 found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: version went {pv} -> {version} (fence {fence})")));
             }
             if record["writerFence"].as_u64() != Some(*fence) {
-                found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: record written under fence {fence} says writerFence {}", record["writerFence"])));
+                found.push(v(
+                    FENCED_WRITER,
+                    e.t_ms,
+                    format!("conversation {cid}: record written under fence {fence} says writerFence {}", record["writerFence"]),
+                ));
             }
             last.insert(cid, (*fence, *version));
         }
@@ -216,7 +245,11 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
                 _ => true,
             };
             if !why {
-                found.push(v(VALID_TRANSITIONS, e.t_ms, format!("{worker}: conversation {cid} moved {from:?} -> {to:?} on {events:?}, which does not justify it")));
+                found.push(v(
+                    VALID_TRANSITIONS,
+                    e.t_ms,
+                    format!("{worker}: conversation {cid} moved {from:?} -> {to:?} on {events:?}, which does not justify it"),
+                ));
             }
         }
     }
@@ -244,7 +277,12 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
                         continue;
                     }
                     let justified = turns.get(&(cid.as_str(), *fence)).is_some_and(|evs| {
-                        evs.iter().any(|x| x.kind == "field" && x.field.as_deref() == Some(field) && x.value.as_deref() == value.as_str() && x.confidence == Some(orchestrator::workflow::Confidence::High))
+                        evs.iter().any(|x| {
+                            x.kind == "field"
+                                && x.field.as_deref() == Some(field)
+                                && x.value.as_deref() == value.as_str()
+                                && x.confidence == Some(orchestrator::workflow::Confidence::High)
+                        })
                     });
                     if !justified {
                         found.push(v(VALID_TRANSITIONS, e.t_ms, format!("conversation {cid}: {field}={value} was stored (fence {fence}) without a high-confidence extraction in that turn")));
@@ -304,7 +342,11 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
                 let n = per_key.entry(idem_key).or_default();
                 *n += 1;
                 if *n > 1 {
-                    found.push(v(EXACTLY_ONCE, e.t_ms, format!("conversation {cid}: idempotency key {idem_key} changed state {n} times (latest under fence {fence})")));
+                    found.push(v(
+                        EXACTLY_ONCE,
+                        e.t_ms,
+                        format!("conversation {cid}: idempotency key {idem_key} changed state {n} times (latest under fence {fence})"),
+                    ));
                 }
             }
             _ => {}
@@ -324,14 +366,26 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
             (Some((t, s, _, body)), _) if s >= 500 && s != 503 => {
                 found.push(v(NO_500_NO_HANG, t, format!("request {} ({} {} via {}) got {s}: {body}", c.req, c.op, c.user, c.worker)));
             }
-            (Some((t, 503, false, _)), _) => found.push(v(NO_500_NO_HANG, t, format!("request {} via {} got 503 without Retry-After", c.req, c.worker))),
+            (Some((t, 503, false, _)), _) => {
+                found.push(v(NO_500_NO_HANG, t, format!("request {} via {} got 503 without Retry-After", c.req, c.worker)))
+            }
             // The simulated clients are well-behaved: a 4xx other than 409 is the server's fault.
             (Some((t, s, _, body)), _) if (400..500).contains(&s) && s != 409 => {
-                found.push(v(NO_500_NO_HANG, t, format!("request {} ({} {} via {}, key {:?}) got unexpected {s}: {body}", c.req, c.op, c.user, c.worker, c.key)));
+                found.push(v(
+                    NO_500_NO_HANG,
+                    t,
+                    format!("request {} ({} {} via {}, key {:?}) got unexpected {s}: {body}", c.req, c.op, c.user, c.worker, c.key),
+                ));
             }
             (Some(_), _) => {}
-            (None, Some(reason)) => found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) got no answer: {reason}", c.req, c.op, c.user, c.worker))),
-            (None, None) => found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) never finished", c.req, c.op, c.user, c.worker))),
+            (None, Some(reason)) => found.push(v(
+                NO_500_NO_HANG,
+                c.at_ms,
+                format!("request {} ({} {} via {}) got no answer: {reason}", c.req, c.op, c.user, c.worker),
+            )),
+            (None, None) => {
+                found.push(v(NO_500_NO_HANG, c.at_ms, format!("request {} ({} {} via {}) never finished", c.req, c.op, c.user, c.worker)))
+            }
         }
     }
     found
@@ -342,7 +396,9 @@ pub fn context_well_formed(out: &RunOutput) -> Vec<Violation> {
     out.history
         .iter()
         .filter_map(|e| match &e.ev {
-            Ev::CopilotBadContext { cid, error, text } => Some(v(CONTEXT_WELL_FORMED, e.t_ms, format!("conversation {cid}: Copilot got {text:?}: {error}"))),
+            Ev::CopilotBadContext { cid, error, text } => {
+                Some(v(CONTEXT_WELL_FORMED, e.t_ms, format!("conversation {cid}: Copilot got {text:?}: {error}")))
+            }
             _ => None,
         })
         .collect()
@@ -380,9 +436,47 @@ mod tests {
         let record = json!({"owner":"alice","state":state,"writerFence":1});
         let body = json!({"conversationId":"c1","turn":1,"reply":"","extracted":[],"workflowState":state,"replayed":false});
         let h = vec![
-            Entry { t_ms: 0, ev: Ev::Invoke { req: 0, client: "client-0".into(), user: "alice".into(), worker: "worker-0".into(), op: "turn".into(), cid: Some("c1".into()), key: Some("k".into()), query: Some("email is alice.c0.email".into()), duplicate: false } },
-            Entry { t_ms: 5, ev: Ev::Transition { worker: "worker-0".into(), cid: "c1".into(), user: "alice".into(), fence: 1, from: Step::Gathering, to: Step::Gathering, events: vec![Extracted { kind: "field".into(), field: Some("email".into()), value: Some("alice.c0.email".into()), confidence: Some(Confidence::High) }] } },
-            Entry { t_ms: 6, ev: Ev::ModelCommit { cid: "c1".into(), fence: 1, version: 1, idem_key: "idem:{c:c1}:alice:1:k".into(), record: record.clone() } },
+            Entry {
+                t_ms: 0,
+                ev: Ev::Invoke {
+                    req: 0,
+                    client: "client-0".into(),
+                    user: "alice".into(),
+                    worker: "worker-0".into(),
+                    op: "turn".into(),
+                    cid: Some("c1".into()),
+                    key: Some("k".into()),
+                    query: Some("email is alice.c0.email".into()),
+                    duplicate: false,
+                },
+            },
+            Entry {
+                t_ms: 5,
+                ev: Ev::Transition {
+                    worker: "worker-0".into(),
+                    cid: "c1".into(),
+                    user: "alice".into(),
+                    fence: 1,
+                    from: Step::Gathering,
+                    to: Step::Gathering,
+                    events: vec![Extracted {
+                        kind: "field".into(),
+                        field: Some("email".into()),
+                        value: Some("alice.c0.email".into()),
+                        confidence: Some(Confidence::High),
+                    }],
+                },
+            },
+            Entry {
+                t_ms: 6,
+                ev: Ev::ModelCommit {
+                    cid: "c1".into(),
+                    fence: 1,
+                    version: 1,
+                    idem_key: "idem:{c:c1}:alice:1:k".into(),
+                    record: record.clone(),
+                },
+            },
             Entry { t_ms: 7, ev: Ev::Response { req: 0, status: 200, retry_after: false, body } },
         ];
         let mut fin = state.clone();
@@ -403,10 +497,13 @@ mod tests {
     }
 
     fn response_body(out: &mut RunOutput) -> &mut Value {
-        out.history.iter_mut().find_map(|e| match &mut e.ev {
-            Ev::Response { body, .. } => Some(body),
-            _ => None,
-        }).unwrap()
+        out.history
+            .iter_mut()
+            .find_map(|e| match &mut e.ev {
+                Ev::Response { body, .. } => Some(body),
+                _ => None,
+            })
+            .unwrap()
     }
 
     #[test]
@@ -434,7 +531,10 @@ mod tests {
         response_body(&mut out)["extracted"] = json!([{"kind":"field","field":"email","value":"bob.c0.email","confidence":"high"}]);
         fires(&out, CROSS_USER);
         let mut out = clean();
-        out.history.push(Entry { t_ms: 3, ev: Ev::CopilotSawForeignData { cid: "c1".into(), user: "alice".into(), field: "email".into(), value: "bob.c0.email".into() } });
+        out.history.push(Entry {
+            t_ms: 3,
+            ev: Ev::CopilotSawForeignData { cid: "c1".into(), user: "alice".into(), field: "email".into(), value: "bob.c0.email".into() },
+        });
         fires(&out, CROSS_USER);
     }
 
@@ -473,27 +573,75 @@ mod tests {
         fires(&out, VALID_TRANSITIONS);
         // A second commit that stores a field on a medium-confidence extraction.
         let mut out = clean();
-        out.history.push(Entry { t_ms: 8, ev: Ev::Transition { worker: "worker-1".into(), cid: "c1".into(), user: "alice".into(), fence: 2, from: Step::Gathering, to: Step::Gathering,
-            events: vec![Extracted { kind: "field".into(), field: Some("phone".into()), value: Some("alice.c0.phone".into()), confidence: Some(Confidence::Medium) }] } });
-        let mut rec = match &out.history[2].ev { Ev::ModelCommit { record, .. } => record.clone(), _ => unreachable!() };
+        out.history.push(Entry {
+            t_ms: 8,
+            ev: Ev::Transition {
+                worker: "worker-1".into(),
+                cid: "c1".into(),
+                user: "alice".into(),
+                fence: 2,
+                from: Step::Gathering,
+                to: Step::Gathering,
+                events: vec![Extracted {
+                    kind: "field".into(),
+                    field: Some("phone".into()),
+                    value: Some("alice.c0.phone".into()),
+                    confidence: Some(Confidence::Medium),
+                }],
+            },
+        });
+        let mut rec = match &out.history[2].ev {
+            Ev::ModelCommit { record, .. } => record.clone(),
+            _ => unreachable!(),
+        };
         rec["state"]["collectedData"]["phone"] = json!("alice.c0.phone");
         rec["state"]["version"] = json!(2);
         rec["writerFence"] = json!(2);
-        out.history.push(Entry { t_ms: 9, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "idem:{c:c1}:alice:1:k2".into(), record: rec } });
+        out.history.push(Entry {
+            t_ms: 9,
+            ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "idem:{c:c1}:alice:1:k2".into(), record: rec },
+        });
         fires(&out, VALID_TRANSITIONS);
     }
 
     #[test]
     fn valid_transitions_fires_when_a_worker_claims_high_confidence_copilot_never_gave() {
         let mut out = clean();
-        out.history.push(Entry { t_ms: 7, ev: Ev::CopilotReply { cid: "c1".into(), latency_ms: 1, spike: false, payload: json!({"intent":"provide","fields":{"phone":"alice.guess"},"confidence":"low"}) } });
-        out.history.push(Entry { t_ms: 8, ev: Ev::Transition { worker: "worker-1".into(), cid: "c1".into(), user: "alice".into(), fence: 2, from: Step::Gathering, to: Step::Gathering,
-            events: vec![Extracted { kind: "field".into(), field: Some("phone".into()), value: Some("alice.guess".into()), confidence: Some(Confidence::High) }] } });
-        let mut rec = match &out.history[2].ev { Ev::ModelCommit { record, .. } => record.clone(), _ => unreachable!() };
+        out.history.push(Entry {
+            t_ms: 7,
+            ev: Ev::CopilotReply {
+                cid: "c1".into(),
+                latency_ms: 1,
+                spike: false,
+                payload: json!({"intent":"provide","fields":{"phone":"alice.guess"},"confidence":"low"}),
+            },
+        });
+        out.history.push(Entry {
+            t_ms: 8,
+            ev: Ev::Transition {
+                worker: "worker-1".into(),
+                cid: "c1".into(),
+                user: "alice".into(),
+                fence: 2,
+                from: Step::Gathering,
+                to: Step::Gathering,
+                events: vec![Extracted {
+                    kind: "field".into(),
+                    field: Some("phone".into()),
+                    value: Some("alice.guess".into()),
+                    confidence: Some(Confidence::High),
+                }],
+            },
+        });
+        let mut rec = match &out.history[2].ev {
+            Ev::ModelCommit { record, .. } => record.clone(),
+            _ => unreachable!(),
+        };
         rec["state"]["collectedData"]["phone"] = json!("alice.guess");
         rec["state"]["version"] = json!(2);
         rec["writerFence"] = json!(2);
-        out.history.push(Entry { t_ms: 9, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "k2".into(), record: rec } });
+        out.history
+            .push(Entry { t_ms: 9, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "k2".into(), record: rec } });
         fires(&out, VALID_TRANSITIONS);
         let v = check(&out);
         assert!(v[0].evidence.contains("Copilot never extracted"), "{v:?}");
@@ -502,7 +650,20 @@ mod tests {
     #[test]
     fn fresh_replay_fires_when_a_replay_shows_state_older_than_a_prior_commit() {
         let mut out = clean();
-        out.history.push(Entry { t_ms: 20, ev: Ev::Invoke { req: 1, client: "client-0".into(), user: "alice".into(), worker: "worker-1".into(), op: "turn".into(), cid: Some("c1".into()), key: Some("k".into()), query: None, duplicate: true } });
+        out.history.push(Entry {
+            t_ms: 20,
+            ev: Ev::Invoke {
+                req: 1,
+                client: "client-0".into(),
+                user: "alice".into(),
+                worker: "worker-1".into(),
+                op: "turn".into(),
+                cid: Some("c1".into()),
+                key: Some("k".into()),
+                query: None,
+                duplicate: true,
+            },
+        });
         let mut body = response_body(&mut out).clone();
         body["replayed"] = json!(true);
         body["workflowState"]["version"] = json!(0);
@@ -514,7 +675,10 @@ mod tests {
     fn exactly_once_fires_on_a_second_submission_or_a_key_applied_twice() {
         let mut out = clean();
         for t in [30, 31] {
-            out.history.push(Entry { t_ms: t, ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: json!({}) } });
+            out.history.push(Entry {
+                t_ms: t,
+                ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: json!({}) },
+            });
         }
         fires(&out, EXACTLY_ONCE);
         let mut out = clean();
@@ -533,14 +697,31 @@ mod tests {
     #[test]
     fn no_signal_loop_fires_on_a_long_run_of_signal_free_turns_that_never_hands_off() {
         let mut out = clean();
-        let rec = match &out.history[2].ev { Ev::ModelCommit { record, .. } => record.clone(), _ => unreachable!() };
+        let rec = match &out.history[2].ev {
+            Ev::ModelCommit { record, .. } => record.clone(),
+            _ => unreachable!(),
+        };
         for i in 0..=NO_SIGNAL_STREAK_MAX as u64 {
             let fence = 2 + i;
             let mut r = rec.clone();
             r["state"]["version"] = json!(fence);
             r["writerFence"] = json!(fence);
-            out.history.push(Entry { t_ms: 10 + 2 * fence, ev: Ev::Transition { worker: "worker-0".into(), cid: "c1".into(), user: "alice".into(), fence, from: Step::Gathering, to: Step::Gathering, events: vec![Extracted { kind: "no_signal".into(), field: None, value: None, confidence: None }] } });
-            out.history.push(Entry { t_ms: 11 + 2 * fence, ev: Ev::ModelCommit { cid: "c1".into(), fence, version: fence, idem_key: format!("k{fence}"), record: r } });
+            out.history.push(Entry {
+                t_ms: 10 + 2 * fence,
+                ev: Ev::Transition {
+                    worker: "worker-0".into(),
+                    cid: "c1".into(),
+                    user: "alice".into(),
+                    fence,
+                    from: Step::Gathering,
+                    to: Step::Gathering,
+                    events: vec![Extracted { kind: "no_signal".into(), field: None, value: None, confidence: None }],
+                },
+            });
+            out.history.push(Entry {
+                t_ms: 11 + 2 * fence,
+                ev: Ev::ModelCommit { cid: "c1".into(), fence, version: fence, idem_key: format!("k{fence}"), record: r },
+            });
         }
         fires(&out, NO_SIGNAL_LOOP);
     }
@@ -548,7 +729,10 @@ mod tests {
     #[test]
     fn context_well_formed_fires_on_a_prefix_copilot_cannot_parse() {
         let mut out = clean();
-        out.history.push(Entry { t_ms: 3, ev: Ev::CopilotBadContext { cid: "c1".into(), error: "missing step=".into(), text: "[WORKFLOW_CONTEXT]step=gathering".into() } });
+        out.history.push(Entry {
+            t_ms: 3,
+            ev: Ev::CopilotBadContext { cid: "c1".into(), error: "missing step=".into(), text: "[WORKFLOW_CONTEXT]step=gathering".into() },
+        });
         fires(&out, CONTEXT_WELL_FORMED);
     }
 

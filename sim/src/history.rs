@@ -23,28 +23,106 @@ pub enum Ev {
         duplicate: bool,
     },
     /// A client got an answer.
-    Response { req: u64, status: u16, retry_after: bool, body: serde_json::Value },
+    Response {
+        req: u64,
+        status: u16,
+        retry_after: bool,
+        body: serde_json::Value,
+    },
     /// A client gave up waiting (the request deadline passed, or the connection failed).
-    NoResponse { req: u64, reason: String },
-    LeaseTaken { worker: String, cid: String, user: String, idem_key: String, fence: u64, version: u64 },
-    LeaseLost { worker: String, cid: String, fence: u64 },
-    CopilotCalled { worker: String, cid: String, fence: u64, ok: bool },
-    Transition { worker: String, cid: String, user: String, fence: u64, from: Step, to: Step, events: Vec<Extracted> },
-    Committed { worker: String, cid: String, user: String, idem_key: String, fence: u64, version: u64 },
-    CommitRejected { worker: String, cid: String, fence: u64 },
-    Replayed { worker: String, cid: String, user: String, idem_key: String, version: u64 },
-    Submitted { worker: String, cid: String, key: String, duplicate: bool },
+    NoResponse {
+        req: u64,
+        reason: String,
+    },
+    LeaseTaken {
+        worker: String,
+        cid: String,
+        user: String,
+        idem_key: String,
+        fence: u64,
+        version: u64,
+    },
+    LeaseLost {
+        worker: String,
+        cid: String,
+        fence: u64,
+    },
+    CopilotCalled {
+        worker: String,
+        cid: String,
+        fence: u64,
+        ok: bool,
+    },
+    Transition {
+        worker: String,
+        cid: String,
+        user: String,
+        fence: u64,
+        from: Step,
+        to: Step,
+        events: Vec<Extracted>,
+    },
+    Committed {
+        worker: String,
+        cid: String,
+        user: String,
+        idem_key: String,
+        fence: u64,
+        version: u64,
+    },
+    CommitRejected {
+        worker: String,
+        cid: String,
+        fence: u64,
+    },
+    Replayed {
+        worker: String,
+        cid: String,
+        user: String,
+        idem_key: String,
+        version: u64,
+    },
+    Submitted {
+        worker: String,
+        cid: String,
+        key: String,
+        duplicate: bool,
+    },
     /// The Redis model applied a Commit (the serialisation order).
-    ModelCommit { cid: String, fence: u64, version: u64, idem_key: String, record: serde_json::Value },
+    ModelCommit {
+        cid: String,
+        fence: u64,
+        version: u64,
+        idem_key: String,
+        record: serde_json::Value,
+    },
     /// The Copilot host answered (with this latency and this extraction).
-    CopilotReply { cid: String, latency_ms: u64, spike: bool, payload: serde_json::Value },
+    CopilotReply {
+        cid: String,
+        latency_ms: u64,
+        spike: bool,
+        payload: serde_json::Value,
+    },
     /// Copilot was asked on behalf of `user` with another user's value in the context.
-    CopilotSawForeignData { cid: String, user: String, field: String, value: String },
+    CopilotSawForeignData {
+        cid: String,
+        user: String,
+        field: String,
+        value: String,
+    },
     /// Copilot got a text whose context prefix does not parse.
-    CopilotBadContext { cid: String, error: String, text: String },
+    CopilotBadContext {
+        cid: String,
+        error: String,
+        text: String,
+    },
     /// The effects sink received a submission.
-    SinkReceived { cid: String, key: String, accepted: bool, data: serde_json::Value },
-    Phase { name: String },
+    SinkReceived {
+        cid: String,
+        key: String,
+        accepted: bool,
+        data: serde_json::Value,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,13 +182,17 @@ impl Observer for WorkerObserver {
     fn event(&self, ev: ServerEvent) {
         let w = self.worker.clone();
         let ev = match ev {
-            ServerEvent::LeaseTaken { cid, user, idem_key, fence, version } => Ev::LeaseTaken { worker: w, cid, user, idem_key, fence, version },
+            ServerEvent::LeaseTaken { cid, user, idem_key, fence, version } => {
+                Ev::LeaseTaken { worker: w, cid, user, idem_key, fence, version }
+            }
             ServerEvent::LeaseLost { cid, fence } => Ev::LeaseLost { worker: w, cid, fence },
             ServerEvent::CopilotCalled { cid, fence, ok } => Ev::CopilotCalled { worker: w, cid, fence, ok },
             ServerEvent::Transition { cid, user, fence, from, to, events } => {
                 Ev::Transition { worker: w, cid, user, fence, from, to, events: events.iter().map(Extracted::from).collect() }
             }
-            ServerEvent::Committed { cid, user, idem_key, fence, version, .. } => Ev::Committed { worker: w, cid, user, idem_key, fence, version },
+            ServerEvent::Committed { cid, user, idem_key, fence, version, .. } => {
+                Ev::Committed { worker: w, cid, user, idem_key, fence, version }
+            }
             ServerEvent::CommitRejected { cid, fence } => Ev::CommitRejected { worker: w, cid, fence },
             ServerEvent::Replayed { cid, user, idem_key, version } => Ev::Replayed { worker: w, cid, user, idem_key, version },
             ServerEvent::Submitted { cid, key, duplicate } => Ev::Submitted { worker: w, cid, key, duplicate },

@@ -164,7 +164,13 @@ pub fn describe(ev: &Ev) -> String {
         Ev::Response { req, status, body, .. } => {
             let st = &body["workflowState"];
             if st.is_object() {
-                format!("#{req} <- {status} step={} v{} data={} {}", st["step"].as_str().unwrap_or("?"), st["version"], st["collectedData"], if body["replayed"] == true { "(replayed)" } else { "" })
+                format!(
+                    "#{req} <- {status} step={} v{} data={} {}",
+                    st["step"].as_str().unwrap_or("?"),
+                    st["version"],
+                    st["collectedData"],
+                    if body["replayed"] == true { "(replayed)" } else { "" }
+                )
             } else {
                 format!("#{req} <- {status} {body}")
             }
@@ -172,24 +178,38 @@ pub fn describe(ev: &Ev) -> String {
         Ev::NoResponse { req, reason } => format!("#{req} <- no answer: {reason}"),
         Ev::LeaseTaken { worker, cid, fence, version, .. } => format!("{worker} lease c={} fence={fence} (loaded v{version})", short(cid)),
         Ev::LeaseLost { worker, cid, fence } => format!("{worker} LEASE LOST c={} fence={fence}", short(cid)),
-        Ev::CopilotCalled { worker, cid, fence, ok } => format!("{worker} copilot c={} fence={fence} {}", short(cid), if *ok { "ok" } else { "FAILED" }),
+        Ev::CopilotCalled { worker, cid, fence, ok } => {
+            format!("{worker} copilot c={} fence={fence} {}", short(cid), if *ok { "ok" } else { "FAILED" })
+        }
         Ev::Transition { worker, cid, fence, from, to, events, .. } => {
-            let evs: Vec<String> = events.iter().map(|x| match (&x.field, &x.confidence) {
-                (Some(f), Some(c)) => format!("{f}={}({c:?})", x.value.as_deref().unwrap_or("")),
-                _ => x.kind.clone(),
-            }).collect();
+            let evs: Vec<String> = events
+                .iter()
+                .map(|x| match (&x.field, &x.confidence) {
+                    (Some(f), Some(c)) => format!("{f}={}({c:?})", x.value.as_deref().unwrap_or("")),
+                    _ => x.kind.clone(),
+                })
+                .collect();
             format!("{worker} c={} fence={fence} {} -> {} on [{}]", short(cid), from.as_str(), to.as_str(), evs.join(", "))
         }
         Ev::Committed { worker, cid, fence, version, .. } => format!("{worker} committed c={} fence={fence} v{version}", short(cid)),
         Ev::CommitRejected { worker, cid, fence } => format!("{worker} COMMIT REJECTED c={} fence={fence}", short(cid)),
         Ev::Replayed { worker, cid, version, idem_key, .. } => format!("{worker} replay c={} v{version} {idem_key}", short(cid)),
-        Ev::Submitted { worker, cid, duplicate, .. } => format!("{worker} submitted c={}{}", short(cid), if *duplicate { " (sink had it)" } else { "" }),
-        Ev::ModelCommit { cid, fence, version, record, .. } => format!("redis applied commit c={} fence={fence} v{version} step={}", short(cid), record["state"]["step"].as_str().unwrap_or("?")),
-        Ev::CopilotReply { cid, latency_ms, spike, payload } => format!("copilot c={} {latency_ms} ms{} {payload}", short(cid), if *spike { " (SPIKE)" } else { "" }),
+        Ev::Submitted { worker, cid, duplicate, .. } => {
+            format!("{worker} submitted c={}{}", short(cid), if *duplicate { " (sink had it)" } else { "" })
+        }
+        Ev::ModelCommit { cid, fence, version, record, .. } => format!(
+            "redis applied commit c={} fence={fence} v{version} step={}",
+            short(cid),
+            record["state"]["step"].as_str().unwrap_or("?")
+        ),
+        Ev::CopilotReply { cid, latency_ms, spike, payload } => {
+            format!("copilot c={} {latency_ms} ms{} {payload}", short(cid), if *spike { " (SPIKE)" } else { "" })
+        }
         Ev::CopilotSawForeignData { cid, user, field, value } => format!("copilot c={} for {user} SAW {field}={value}", short(cid)),
         Ev::CopilotBadContext { cid, error, .. } => format!("copilot c={} BAD CONTEXT: {error}", short(cid)),
-        Ev::SinkReceived { cid, accepted, .. } => format!("sink c={} {}", short(cid), if *accepted { "accepted" } else { "duplicate ignored" }),
-        Ev::Phase { name } => format!("--- {name} ---"),
+        Ev::SinkReceived { cid, accepted, .. } => {
+            format!("sink c={} {}", short(cid), if *accepted { "accepted" } else { "duplicate ignored" })
+        }
     }
 }
 

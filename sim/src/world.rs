@@ -146,14 +146,8 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
 
     let model = Arc::new(Mutex::new(Model::new()));
     {
-        let (model, history) = (model.clone(), history.clone());
-        sim.host("redis", move || {
-            let (model, history) = (model.clone(), history.clone());
-            async move {
-                let _ = &history;
-                redis_model::serve(model, REDIS_PORT, redis_now_ms).await
-            }
-        });
+        let model = model.clone();
+        sim.host("redis", move || redis_model::serve(model.clone(), REDIS_PORT, redis_now_ms));
     }
 
     let plan = Arc::new(plan.clone());
@@ -192,7 +186,12 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.host(format!("worker-{w}"), move || {
             let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
             async move {
-                let redis_cfg = RedisConfig { connect_timeout_ms: 1_000, response_timeout_ms: 1_000, reconnect_backoff_base_ms: 50, reconnect_backoff_max_ms: 1_000 };
+                let redis_cfg = RedisConfig {
+                    connect_timeout_ms: 1_000,
+                    response_timeout_ms: 1_000,
+                    reconnect_backoff_base_ms: 50,
+                    reconnect_backoff_max_ms: 1_000,
+                };
                 let store = RedisStore::with_connector(TurmoilConnector, &format!("redis://redis:{REDIS_PORT}"), redis_cfg, worker_seed)
                     .map_err(|e| e.to_string())?;
                 let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
@@ -231,7 +230,10 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     for c in &model.commits {
         let record: serde_json::Value = serde_json::from_str(&c.record).unwrap_or_default();
         let version = record["state"]["version"].as_u64().unwrap_or(0);
-        entries.push(Entry { t_ms: c.at_ms, ev: Ev::ModelCommit { cid: c.cid.clone(), fence: c.fence, version, idem_key: c.idem_key.clone(), record } });
+        entries.push(Entry {
+            t_ms: c.at_ms,
+            ev: Ev::ModelCommit { cid: c.cid.clone(), fence: c.fence, version, idem_key: c.idem_key.clone(), record },
+        });
     }
     entries.sort_by_key(|e| e.t_ms);
     let mut finals = BTreeMap::new();

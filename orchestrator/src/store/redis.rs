@@ -254,15 +254,22 @@ impl<C: Connector> RedisStore<C> {
         }
     }
 
+    /// A failed call: forget the connection if it broke, and answer `Unavailable`.
+    fn failed(&self, e: RedisError) -> StoreError {
+        self.broken(&e);
+        unavailable(e)
+    }
+
     async fn run(&self, inv: &::redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
         let mut c = self.connection().await?;
-        match inv.invoke_async::<Value>(&mut c).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.broken(&e);
-                Err(unavailable(e))
-            }
-        }
+        inv.invoke_async::<Value>(&mut c).await.map_err(|e| self.failed(e))
+    }
+
+    /// A Begin or Commit invocation with the conversation's four keys, in the scripts' order.
+    fn turn_keys<'a>(&self, script: &'a Script, cid: &str, idem_key: &str) -> ::redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(keys::state(cid)).key(keys::lock(cid)).key(keys::fence(cid)).key(idem_key);
+        inv
     }
 }
 
@@ -277,14 +284,8 @@ impl<C: Connector> Store for RedisStore<C> {
 
     async fn load(&self, cid: &str) -> Result<Option<ConversationRecord>, StoreError> {
         let mut c = self.connection().await?;
-        let r: Result<Value, RedisError> = ::redis::cmd("HMGET").arg(keys::state(cid)).arg("owner").arg("record").query_async(&mut c).await;
-        let v = match r {
-            Ok(v) => v,
-            Err(e) => {
-                self.broken(&e);
-                return Err(unavailable(e));
-            }
-        };
+        let v: Value =
+            ::redis::cmd("HMGET").arg(keys::state(cid)).arg("owner").arg("record").query_async(&mut c).await.map_err(|e| self.failed(e))?;
         match &v {
             Value::Array(items) if items.len() == 2 => match &items[1] {
                 Value::Nil => Ok(None),
@@ -295,15 +296,8 @@ impl<C: Connector> Store for RedisStore<C> {
     }
 
     async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
-        let mut inv = self.scripts.begin.prepare_invoke();
-        inv.key(keys::state(a.cid))
-            .key(keys::lock(a.cid))
-            .key(keys::fence(a.cid))
-            .key(a.idem_key)
-            .arg(a.user)
-            .arg(a.fingerprint)
-            .arg(a.owner_token)
-            .arg(a.lease_ttl_ms);
+        let mut inv = self.turn_keys(&self.scripts.begin, a.cid, a.idem_key);
+        inv.arg(a.user).arg(a.fingerprint).arg(a.owner_token).arg(a.lease_ttl_ms);
         let v = self.run(&inv).await?;
         let Value::Array(items) = &v else { return Err(protocol("begin", &v)) };
         let tag = items.first().and_then(as_bytes).ok_or_else(|| protocol("begin", &v))?;
@@ -331,17 +325,8 @@ impl<C: Connector> Store for RedisStore<C> {
 
     async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
         let json = serde_json::to_string(a.record).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let mut inv = self.scripts.commit.prepare_invoke();
-        inv.key(keys::state(a.cid))
-            .key(keys::lock(a.cid))
-            .key(keys::fence(a.cid))
-            .key(a.idem_key)
-            .arg(a.owner_token)
-            .arg(a.fence)
-            .arg(json)
-            .arg(a.response)
-            .arg(a.idempotency_ttl_ms)
-            .arg(a.fingerprint);
+        let mut inv = self.turn_keys(&self.scripts.commit, a.cid, a.idem_key);
+        inv.arg(a.owner_token).arg(a.fence).arg(json).arg(a.response).arg(a.idempotency_ttl_ms).arg(a.fingerprint);
         let v = self.run(&inv).await?;
         match as_int(&v) {
             Some(1) => Ok(CommitOutcome::Committed),
