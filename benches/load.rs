@@ -7,6 +7,9 @@
 //! prints `redis-benchmark`'s SET ops/s at 100 clients and the ratio of our turns/s to
 //! that limit divided by 2 round trips per turn.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use orchestrator::http::{router, serve, Api};
 use orchestrator::store::{BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, StoreError};
@@ -190,7 +193,16 @@ where
     turns as f64 / wall.as_secs_f64()
 }
 
+/// `BENCH_ONLY=redis` (or `embedded`, `http`, comma-separated) runs only those cases; criterion's
+/// own filter would still run every case's turns/s summary.
+fn selected(case: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|c| c.trim() == case))
+}
+
 fn bench_embedded(c: &mut Criterion) {
+    if !selected("embedded") {
+        return;
+    }
     let rt = runtime();
     let (o, store) = embedded(1);
     summary(&rt, "embedded/100-conversations", &o, &store, 50, |o, r| async move { hundred_conversations(&o, r).await });
@@ -257,6 +269,9 @@ async fn http_hundred(addr: std::net::SocketAddr, round: u64) -> usize {
 }
 
 fn bench_http(c: &mut Criterion) {
+    if !selected("http") {
+        return;
+    }
     let rt = runtime();
     let (o, store) = embedded(2);
     let orch = Arc::try_unwrap(o).ok().expect("sole owner");
@@ -314,6 +329,16 @@ fn start_redis() -> Option<BenchRedis> {
     None
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (Linux; `None`
+/// elsewhere). Clock ticks are 10 ms, so only windows of several hundred ms say much.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// `redis-benchmark`'s requests/s for SET at 100 clients on the same server.
 fn redis_benchmark_set(port: u16) -> Option<f64> {
     let out = std::process::Command::new("redis-benchmark")
@@ -327,6 +352,9 @@ fn redis_benchmark_set(port: u16) -> Option<f64> {
 }
 
 fn bench_redis(c: &mut Criterion) {
+    if !selected("redis") {
+        return;
+    }
     // One client thread by default: on a 2-core machine redis-server needs the other core, just
     // as redis-benchmark (single-threaded) leaves it one. BENCH_THREADS overrides.
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
@@ -357,11 +385,19 @@ fn bench_redis(c: &mut Criterion) {
     const PAIRS: u64 = 3;
     let mut ours = Vec::new();
     let mut limit = Vec::new();
+    let redis_pid = server.0.id();
     for i in 0..PAIRS {
-        ours.push(summary(&rt, "redis/100-conversations", &o, &store, 15, move |o, r| async move {
+        let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(redis_pid), Instant::now());
+        ours.push(summary(&rt, "redis/100-conversations", &o, &store, 40, move |o, r| async move {
             hundred_conversations(&o, r + i * 1_000).await
         }));
-        if let Some(ops) = redis_benchmark_set(server.1) {
+        if let (Some(c0), Some(r0), Some(c1), Some(r1)) =
+            (cpu_before.0, cpu_before.1, cpu_seconds(std::process::id()), cpu_seconds(redis_pid))
+        {
+            let wall = cpu_before.2.elapsed().as_secs_f64();
+            println!("  cpu: bench process {:.2} cores, redis-server {:.2} cores", (c1 - c0) / wall, (r1 - r0) / wall);
+        }
+        if let Some(ops) = std::env::var("XPROF").is_err().then(|| redis_benchmark_set(server.1)).flatten() {
             limit.push(ops);
         }
     }

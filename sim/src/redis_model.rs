@@ -171,6 +171,15 @@ impl Model {
         true
     }
 
+    /// `SET key value PX ms`: replaces whatever the key held, of any type.
+    fn set_px(&mut self, key: &[u8], val: &[u8], ms: i64, now: u64) -> Result<(), String> {
+        if ms <= 0 {
+            return Err("ERR invalid expire time in 'set' command".into());
+        }
+        self.data.insert(key.to_vec(), Entry { val: Val::Str(val.to_vec()), expires_at_ms: Some(now + ms as u64) });
+        Ok(())
+    }
+
     fn incr(&mut self, key: &[u8], now: u64) -> Result<i64, String> {
         let cur = match self.get(key, now)? {
             None => 0,
@@ -303,77 +312,60 @@ impl Model {
                 if owner.as_deref() != Some(&argv[0][..]) {
                     return Ok(Reply::Array(vec![Reply::bulk("notfound")]));
                 }
-                let status = self.hget(idem, b"status", now)?;
-                if let Some(status) = status {
-                    let fp = self.hget(idem, b"fp", now)?;
-                    if fp.as_deref() != Some(&argv[1][..]) {
+                if let Some(done) = self.get(idem, now)? {
+                    let (fp, resp) = split_line(&done)?;
+                    if fp != &argv[1][..] {
                         return Ok(Reply::Array(vec![Reply::bulk("reused")]));
                     }
-                    if status == b"done" {
-                        let resp = self.hget(idem, b"resp", now)?;
-                        return Ok(Reply::Array(vec![Reply::bulk("replay"), resp.map(Reply::Bulk).unwrap_or(Reply::Nil), lua_opt(record)]));
-                    }
-                    return Ok(Reply::Array(vec![Reply::bulk("inflight")]));
+                    return Ok(Reply::Array(vec![Reply::bulk("replay"), Reply::Bulk(resp.to_vec()), lua_opt(record)]));
                 }
                 let ttl = ms(&argv[3])?;
-                if self.set_nx_px(lock, &argv[2], ttl, now) {
+                let lease = [&argv[2][..], b"\n", &argv[1][..], b"\n", &idem[..]].concat();
+                if self.set_nx_px(lock, &lease, ttl, now) {
                     let f = self.incr(fence, now)?;
-                    self.hset(idem, &[(b"status", b"inflight"), (b"fp", &argv[1]), (b"owner", &argv[2])], now)?;
-                    self.pexpire(idem, ttl, now);
                     return Ok(Reply::Array(vec![Reply::bulk("acquired"), Reply::Int(f), lua_opt(record)]));
+                }
+                if let Some(holder) = self.get(lock, now)? {
+                    let (_token, rest) = split_line(&holder)?;
+                    let (fp, key) = split_line(rest)?;
+                    if key == &idem[..] {
+                        let tag = if fp != &argv[1][..] { "reused" } else { "inflight" };
+                        return Ok(Reply::Array(vec![Reply::bulk(tag)]));
+                    }
                 }
                 Ok(Reply::Array(vec![Reply::bulk("busy"), Reply::Int(self.pttl(lock, now))]))
             }
             ScriptKind::Commit => {
-                need(4, 6)?;
+                need(4, 4)?;
                 let (state, lock, fence, idem) = (&keys[0], &keys[1], &keys[2], &keys[3]);
-                let cur = self.get(fence, now)?.map(|v| lua_tonumber(&v)).unwrap_or(Some(0.0));
-                if cur != lua_tonumber(&argv[1]) {
+                if self.get(fence, now)?.as_deref() != Some(&argv[0][..]) {
                     return Ok(Reply::Int(0));
                 }
-                let holder = self.get(lock, now)?;
-                if holder.as_ref().is_some_and(|h| h[..] != argv[0][..]) {
-                    return Ok(Reply::Int(0));
-                }
-                self.hset(state, &[(b"record", &argv[2])], now)?;
-                self.hset(idem, &[(b"status", b"done"), (b"fp", &argv[5]), (b"resp", &argv[3])], now)?;
-                self.pexpire(idem, ms(&argv[4])?, now);
-                if holder.is_some() {
-                    self.del(lock, now);
-                }
+                self.hset(state, &[(b"record", &argv[1])], now)?;
+                self.set_px(idem, &argv[2], ms(&argv[3])?, now)?;
+                self.del(lock, now);
                 let key = s(state);
                 self.commits.push(AppliedCommit {
                     at_ms: now,
                     cid: cid_of(&key),
-                    fence: int_arg(&argv[1]).unwrap_or(-1) as u64,
+                    fence: int_arg(&argv[0]).unwrap_or(-1) as u64,
                     idem_key: s(idem),
-                    record: s(&argv[2]),
+                    record: s(&argv[1]),
                 });
                 Ok(Reply::Int(1))
             }
             ScriptKind::Release => {
-                need(2, 1)?;
-                let (lock, idem) = (&keys[0], &keys[1]);
-                if self.hget(idem, b"status", now)?.as_deref() == Some(b"inflight")
-                    && self.hget(idem, b"owner", now)?.as_deref() == Some(&argv[0][..])
-                {
-                    self.del(idem, now);
-                }
-                if self.get(lock, now)?.as_deref() == Some(&argv[0][..]) {
-                    self.del(lock, now);
+                need(1, 1)?;
+                if self.get(&keys[0], now)?.is_some_and(|v| held_by(&v, &argv[0])) {
+                    self.del(&keys[0], now);
                     return Ok(Reply::Int(1));
                 }
                 Ok(Reply::Int(0))
             }
             ScriptKind::Extend => {
-                need(2, 2)?;
-                let (lock, idem) = (&keys[0], &keys[1]);
-                if self.get(lock, now)?.as_deref() == Some(&argv[0][..]) {
-                    let ttl = ms(&argv[1])?;
-                    self.pexpire(lock, ttl, now);
-                    if self.hget(idem, b"owner", now)?.as_deref() == Some(&argv[0][..]) {
-                        self.pexpire(idem, ttl, now);
-                    }
+                need(1, 2)?;
+                if self.get(&keys[0], now)?.is_some_and(|v| held_by(&v, &argv[0])) {
+                    self.pexpire(&keys[0], ms(&argv[1])?, now);
                     return Ok(Reply::Int(1));
                 }
                 Ok(Reply::Int(0))
@@ -394,6 +386,18 @@ impl Model {
         let key = orchestrator::store::keys::state(cid);
         self.hget(key.as_bytes(), b"record", now_ms).ok().flatten().map(|v| s(&v))
     }
+}
+
+/// `<first line>\n<rest>` as the scripts split it with `string.find`; a value without a newline
+/// makes the Lua script fail (arithmetic on nil), so it is an error here too.
+fn split_line(v: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let nl = v.iter().position(|b| *b == b'\n').ok_or("attempt to perform arithmetic on a nil value")?;
+    Ok((&v[..nl], &v[nl + 1..]))
+}
+
+/// Whether a lease value `<token>\n...` belongs to `token`.
+fn held_by(lease: &[u8], token: &[u8]) -> bool {
+    lease.len() > token.len() && lease.starts_with(token) && lease[token.len()] == b'\n'
 }
 
 /// Lua's view of a missing hash field (`false`) converted back to a reply: nil.
