@@ -5,8 +5,14 @@
 //! lease-acquire p50/p99 (first Begin of a turn → lease taken, retries included).
 //! When `redis-server` is on PATH it also runs the 100 conversations on a `RedisStore` and
 //! prints `redis-benchmark`'s SET ops/s at 100 clients and the ratio of our turns/s to
-//! that limit divided by 2 round trips per turn.
+//! that limit divided by 2 round trips per turn, and the CPU the bench process and
+//! redis-server used (on a 2-core machine the two compete for the same cores).
+//!
+//! Knobs: `BENCH_ONLY=embedded,http,redis` picks cases; `BENCH_THREADS` sets the Redis case's
+//! client threads (default 1); `BENCH_LIFO=1` keeps tokio's LIFO slot on; `BENCH_NO_LIMIT=1`
+//! skips redis-benchmark (to profile our side alone).
 
+// The allocator the `orchestrator` binary runs with.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -397,7 +403,7 @@ fn bench_redis(c: &mut Criterion) {
             let wall = cpu_before.2.elapsed().as_secs_f64();
             println!("  cpu: bench process {:.2} cores, redis-server {:.2} cores", (c1 - c0) / wall, (r1 - r0) / wall);
         }
-        if let Some(ops) = std::env::var("XPROF").is_err().then(|| redis_benchmark_set(server.1)).flatten() {
+        if let Some(ops) = std::env::var("BENCH_NO_LIMIT").is_err().then(|| redis_benchmark_set(server.1)).flatten() {
             limit.push(ops);
         }
     }

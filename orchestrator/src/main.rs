@@ -11,6 +11,12 @@ use orchestrator::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// mimalloc rather than the system allocator: a turn allocates a few dozen small objects, and
+/// glibc's malloc/free was ~40% of the client's CPU in the Redis load bench (see
+/// `benches/load.rs`, which uses the same allocator so it measures what this binary runs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "orchestrator", about = "Reference workflow orchestrator for agentic chat apps")]
 struct Cli {

@@ -394,10 +394,10 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             same.turns += 1;
             outcome = workflow::TurnOutcome { state: same, commands: Vec::new(), rejected: Vec::new() };
         }
-        let mut next = record.clone();
-        next.state = outcome.state.clone();
+        let reply_text = reply_text(&outcome);
+        let submit = record.state.step != Step::Succeeded && outcome.commands.contains(&Command::Submit);
+        let mut next = ConversationRecord { owner: record.owner.clone(), state: outcome.state, writer_fence: fence };
         next.state.version = record.state.version + 1;
-        next.writer_fence = fence;
         for r in &outcome.rejected {
             tracing::info!(cid, user = %req.user, rejected = %r, "event rejected by the machine");
         }
@@ -415,7 +415,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         let response = TurnResponse {
             conversation_id: cid.into(),
             turn: next.state.turns,
-            reply: reply_text(&outcome),
+            reply: reply_text,
             extracted: events.iter().map(Extracted::from).collect(),
             workflow_state: next.state.clone(),
             replayed: false,
@@ -464,7 +464,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             self.stale_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(cid.to_string(), next.clone());
         }
         // Effects only after the commit that made the transition durable.
-        if record.state.step != Step::Succeeded && outcome.commands.contains(&Command::Submit) {
+        if submit {
             self.submit(cid, &next).await;
         }
         Ok(response)

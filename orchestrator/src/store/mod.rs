@@ -33,18 +33,43 @@ pub struct ConversationRecord {
 /// script touches one Redis Cluster slot; `MemStore` uses the same names.
 pub mod keys {
     use super::MACHINE_VERSION;
+    pub const LOCK: &str = "lock";
+    pub const FENCE: &str = "fence";
+    pub const STATE: &str = "state";
+
+    /// Writes `<kind>:{c:<cid>}`, the key of one of a conversation's records.
+    pub fn write_tagged(w: &mut impl std::io::Write, kind: &str, cid: &str) -> std::io::Result<()> {
+        w.write_all(kind.as_bytes())?;
+        w.write_all(b":{c:")?;
+        w.write_all(cid.as_bytes())?;
+        w.write_all(b"}")
+    }
+    fn tagged(kind: &str, cid: &str) -> String {
+        format!("{kind}:{{c:{cid}}}")
+    }
     pub fn lock(cid: &str) -> String {
-        format!("lock:{{c:{cid}}}")
+        tagged(LOCK, cid)
     }
     pub fn fence(cid: &str) -> String {
-        format!("fence:{{c:{cid}}}")
+        tagged(FENCE, cid)
     }
     pub fn state(cid: &str) -> String {
-        format!("state:{{c:{cid}}}")
+        tagged(STATE, cid)
     }
     /// The idempotency entry: scoped by conversation, user, and machine version.
     pub fn idem(cid: &str, user: &str, key: &str) -> String {
         format!("idem:{{c:{cid}}}:{user}:{MACHINE_VERSION}:{key}")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn written_and_formatted_keys_agree() {
+            let mut w = Vec::new();
+            super::write_tagged(&mut w, super::LOCK, "abc").unwrap();
+            assert_eq!(w, super::lock("abc").into_bytes());
+            assert_eq!(super::lock("abc"), "lock:{c:abc}");
+        }
     }
 }
 

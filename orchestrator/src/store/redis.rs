@@ -15,7 +15,10 @@ use super::*;
 use crate::net::{Connector, TcpConnector};
 use crate::rng::SeededRng;
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script, Value};
+use ::redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisWrite, Script, ServerErrorKind, Value,
+};
+use std::io::Write;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -267,25 +270,52 @@ impl<C: Connector> RedisStore<C> {
         unavailable(e)
     }
 
-    async fn run(&self, inv: &::redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    /// Runs one of our scripts by EVALSHA; on `NOSCRIPT` (a restarted or flushed Redis) loads
+    /// it and sends the same command once more.
+    async fn eval(&self, script: &Script, cmd: &Cmd) -> Result<Value, StoreError> {
         let mut c = self.connection().await?;
-        inv.invoke_async::<Value>(&mut c).await.map_err(|e| self.failed(e))
+        match cmd.query_async::<Value>(&mut c).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut c).await.map_err(|e| self.failed(e))?;
+                cmd.query_async::<Value>(&mut c).await.map_err(|e| self.failed(e))
+            }
+            r => r.map_err(|e| self.failed(e)),
+        }
     }
+}
 
-    /// A Begin or Commit invocation with the conversation's four keys, in the scripts' order.
-    fn turn_keys<'a>(&self, script: &'a Script, cid: &str, idem_key: &str) -> ::redis::ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        inv.key(keys::state(cid)).key(keys::lock(cid)).key(keys::fence(cid)).key(idem_key);
-        inv
-    }
+/// `EVALSHA <sha> <nkeys>`: keys and arguments are then written straight into the command's
+/// one buffer (no per-argument allocations on the hot path).
+fn evalsha(script: &Script, nkeys: usize) -> Cmd {
+    let mut c = ::redis::cmd("EVALSHA");
+    c.arg(script.get_hash()).arg(nkeys);
+    c
+}
+
+/// Appends one conversation key (`<kind>:{c:<cid>}`, see [`keys`]) as an argument.
+fn key_arg(c: &mut Cmd, kind: &str, cid: &str) {
+    let mut w = c.writer_for_next_arg();
+    // Writes into the command's own buffer: they cannot fail.
+    let _ = keys::write_tagged(&mut w, kind, cid);
+}
+
+/// Begin's and Commit's four keys, in the scripts' order.
+fn turn_keys(script: &Script, cid: &str, idem_key: &str) -> Cmd {
+    let mut c = evalsha(script, 4);
+    key_arg(&mut c, keys::STATE, cid);
+    key_arg(&mut c, keys::LOCK, cid);
+    key_arg(&mut c, keys::FENCE, cid);
+    c.arg(idem_key);
+    c
 }
 
 impl<C: Connector> Store for RedisStore<C> {
     async fn create(&self, cid: &str, record: &ConversationRecord) -> Result<bool, StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let mut inv = self.scripts.create.prepare_invoke();
-        inv.key(keys::state(cid)).arg(&record.owner).arg(json);
-        let v = self.run(&inv).await?;
+        let mut c = evalsha(&self.scripts.create, 1);
+        key_arg(&mut c, keys::STATE, cid);
+        c.arg(&record.owner);
+        serde_json::to_writer(c.writer_for_next_arg(), record).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let v = self.eval(&self.scripts.create, &c).await?;
         Ok(as_int(&v).ok_or_else(|| protocol("create", &v))? == 1)
     }
 
@@ -303,9 +333,9 @@ impl<C: Connector> Store for RedisStore<C> {
     }
 
     async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
-        let mut inv = self.turn_keys(&self.scripts.begin, a.cid, a.idem_key);
-        inv.arg(a.user).arg(a.fingerprint).arg(a.owner_token).arg(a.lease_ttl_ms);
-        let v = self.run(&inv).await?;
+        let mut c = turn_keys(&self.scripts.begin, a.cid, a.idem_key);
+        c.arg(a.user).arg(a.fingerprint).arg(a.owner_token).arg(a.lease_ttl_ms);
+        let v = self.eval(&self.scripts.begin, &c).await?;
         let Value::Array(items) = &v else { return Err(protocol("begin", &v)) };
         let tag = items.first().and_then(as_bytes).ok_or_else(|| protocol("begin", &v))?;
         match tag {
@@ -313,8 +343,9 @@ impl<C: Connector> Store for RedisStore<C> {
             b"reused" => Ok(BeginOutcome::KeyReused),
             b"inflight" => Ok(BeginOutcome::InFlight),
             b"replay" if items.len() == 3 => {
-                let response = String::from_utf8(as_bytes(&items[1]).ok_or_else(|| protocol("begin", &v))?.to_vec())
-                    .map_err(|_| protocol("begin", &v))?;
+                let response = std::str::from_utf8(as_bytes(&items[1]).ok_or_else(|| protocol("begin", &v))?)
+                    .map_err(|_| protocol("begin", &v))?
+                    .to_string();
                 Ok(BeginOutcome::Replay { response, record: record_of(&items[2])? })
             }
             b"acquired" if items.len() == 3 => {
@@ -331,14 +362,15 @@ impl<C: Connector> Store for RedisStore<C> {
     }
 
     async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
-        let json = serde_json::to_string(a.record).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let mut done = String::with_capacity(a.fingerprint.len() + 1 + a.response.len());
-        done.push_str(a.fingerprint);
-        done.push('\n');
-        done.push_str(a.response);
-        let mut inv = self.turn_keys(&self.scripts.commit, a.cid, a.idem_key);
-        inv.arg(a.fence).arg(json).arg(done).arg(a.idempotency_ttl_ms);
-        let v = self.run(&inv).await?;
+        let mut c = turn_keys(&self.scripts.commit, a.cid, a.idem_key);
+        c.arg(a.fence);
+        serde_json::to_writer(c.writer_for_next_arg(), a.record).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        {
+            let mut w = c.writer_for_next_arg();
+            let _ = w.write_all(a.fingerprint.as_bytes()).and_then(|_| w.write_all(b"\n")).and_then(|_| w.write_all(a.response.as_bytes()));
+        }
+        c.arg(a.idempotency_ttl_ms);
+        let v = self.eval(&self.scripts.commit, &c).await?;
         match as_int(&v) {
             Some(1) => Ok(CommitOutcome::Committed),
             Some(0) => Ok(CommitOutcome::Superseded),
@@ -347,16 +379,18 @@ impl<C: Connector> Store for RedisStore<C> {
     }
 
     async fn release(&self, cid: &str, owner_token: &str, _idem_key: &str) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(keys::lock(cid)).arg(owner_token);
-        let v = self.run(&inv).await?;
+        let mut c = evalsha(&self.scripts.release, 1);
+        key_arg(&mut c, keys::LOCK, cid);
+        c.arg(owner_token);
+        let v = self.eval(&self.scripts.release, &c).await?;
         Ok(as_int(&v).ok_or_else(|| protocol("release", &v))? == 1)
     }
 
     async fn extend(&self, cid: &str, owner_token: &str, _idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
-        let mut inv = self.scripts.extend.prepare_invoke();
-        inv.key(keys::lock(cid)).arg(owner_token).arg(ttl_ms);
-        let v = self.run(&inv).await?;
+        let mut c = evalsha(&self.scripts.extend, 1);
+        key_arg(&mut c, keys::LOCK, cid);
+        c.arg(owner_token).arg(ttl_ms);
+        let v = self.eval(&self.scripts.extend, &c).await?;
         Ok(as_int(&v).ok_or_else(|| protocol("extend", &v))? == 1)
     }
 }
