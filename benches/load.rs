@@ -1,8 +1,9 @@
 //! Load benchmark of the reference orchestrator: 100 concurrent conversations driven through
 //! the `lead` workflow to `succeeded` (4 turns each), on the embedded store through the turn
 //! function, a contended case (100 concurrent turns over 10 conversations), and the same 100
-//! conversations through HTTP on loopback. Besides criterion's timings it prints turns/s and
-//! lease-acquire p50/p99 (first Begin of a turn → lease taken, retries included).
+//! conversations through HTTP on loopback. Besides criterion's timings it prints turns/s, turn
+//! latency p50/p99 as the client saw it, and lease-acquire p50/p99 (first Begin of a turn →
+//! lease taken, retries included).
 //! When `redis-server` is on PATH it also runs the 100 conversations on a `RedisStore` and
 //! prints `redis-benchmark`'s SET ops/s at 100 clients and the ratio of our turns/s to
 //! that limit divided by 2 round trips per turn, and the CPU the bench process and
@@ -102,10 +103,21 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// Every turn's latency as its client saw it (first attempt → answer, retries included), in µs.
+static TURN_US: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn take_turn_samples() -> Vec<u64> {
+    std::mem::take(&mut *TURN_US.lock().unwrap())
+}
+
 async fn turn_retrying<S: Store>(o: &Orch<S>, r: &TurnRequest) -> TurnResponse {
+    let start = Instant::now();
     for _ in 0..1000 {
         match o.turn(r).await {
-            Ok(resp) => return resp,
+            Ok(resp) => {
+                TURN_US.lock().unwrap().push(start.elapsed().as_micros() as u64);
+                return resp;
+            }
             Err(TurnError::Unavailable { .. }) | Err(TurnError::InFlight) => tokio::task::yield_now().await,
             Err(e) => panic!("turn failed: {e}"),
         }
@@ -173,10 +185,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn report(name: &str, turns: usize, wall: Duration, mut acquire_us: Vec<u64>) {
     acquire_us.sort_unstable();
+    let mut turn_us = take_turn_samples();
+    turn_us.sort_unstable();
     println!(
-        "{name}: {turns} turns in {:.1} ms = {:.0} turns/s; lease acquire p50 {} us, p99 {} us ({} samples)",
+        "{name}: {turns} turns in {:.1} ms = {:.0} turns/s; turn p50 {} us, p99 {} us; lease acquire p50 {} us, p99 {} us ({} samples)",
         wall.as_secs_f64() * 1e3,
         turns as f64 / wall.as_secs_f64(),
+        percentile(&turn_us, 0.50),
+        percentile(&turn_us, 0.99),
         percentile(&acquire_us, 0.50),
         percentile(&acquire_us, 0.99),
         acquire_us.len()
@@ -189,6 +205,7 @@ where
     Fut: std::future::Future<Output = usize>,
 {
     store.take_samples();
+    take_turn_samples();
     let start = Instant::now();
     let mut turns = 0;
     for round in 0..rounds {
@@ -254,9 +271,11 @@ async fn http_conversation(addr: std::net::SocketAddr, round: u64) -> usize {
     let id = v["id"].as_str().unwrap().to_string();
     for (i, q) in LEAD_TURNS.iter().enumerate() {
         let body = serde_json::json!({ "query": q }).to_string();
+        let start = Instant::now();
         let resp = tx.send_request(send(format!("/v1/conversations/{id}/turns"), Some(format!("r{round}-{i}")), body)).await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
+        TURN_US.lock().unwrap().push(start.elapsed().as_micros() as u64);
     }
     LEAD_TURNS.len()
 }
@@ -287,6 +306,7 @@ fn bench_http(c: &mut Criterion) {
     let addr = listener.local_addr().unwrap();
     rt.spawn(serve(listener, router(api)));
     store.take_samples();
+    take_turn_samples();
     let start = Instant::now();
     let mut turns = 0;
     for round in 0..20 {

@@ -405,11 +405,6 @@ fn lua_opt(v: Option<Vec<u8>>) -> Reply {
     v.map(Reply::Bulk).unwrap_or(Reply::Nil)
 }
 
-/// Lua's `tonumber` on a Redis string: the comparison in the Commit script.
-fn lua_tonumber(b: &[u8]) -> Option<f64> {
-    std::str::from_utf8(b).ok()?.trim().parse().ok()
-}
-
 /// Bound on connections the model serves at once.
 pub const MODEL_CONNECTIONS_MAX: usize = 256;
 
