@@ -57,6 +57,24 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "partitions",
+        about: "workers cut off from Redis (both ways, or replies lost) and Redis clock jumps while Copilot is slow: leases lapse under working turns",
+        build: |r, o| {
+            common(r, o);
+            // Slow Copilot calls span lease extensions, so a jump or a cut lands mid-turn.
+            o.fault_kinds = vec![FaultKind::RedisPartition, FaultKind::RedisClockJump, FaultKind::CopilotLatencySpike];
+            o.concurrent_pct = r.random_range(20..=60);
+        },
+    },
+    Scenario {
+        name: "crashes",
+        about: "workers crash mid-turn and restart; Redis crashes and restarts without its script cache",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::WorkerCrash, FaultKind::RedisCrash];
+        },
+    },
+    Scenario {
         name: "calm",
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {

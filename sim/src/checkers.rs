@@ -35,7 +35,7 @@ struct Call<'a> {
     op: &'a str,
     key: Option<&'a str>,
     answer: Option<(u64, u16, bool, &'a Value)>,
-    no_answer: Option<&'a str>,
+    no_answer: Option<(u64, &'a str)>,
 }
 
 fn calls(h: &[Entry]) -> Vec<Call<'_>> {
@@ -53,7 +53,7 @@ fn calls(h: &[Entry]) -> Vec<Call<'_>> {
             }
             Ev::NoResponse { req, reason } => {
                 if let Some(c) = by_req.get_mut(req) {
-                    c.no_answer = Some(reason);
+                    c.no_answer = Some((e.t_ms, reason));
                 }
             }
             _ => {}
@@ -355,9 +355,33 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
     found
 }
 
+/// When each host was down (crashed, not yet restarted), from the world's fault log.
+fn down_windows(h: &[Entry]) -> BTreeMap<&str, Vec<(u64, u64)>> {
+    let mut w: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    for e in h {
+        if let Ev::HostFault { host, what } = &e.ev {
+            match what.as_str() {
+                "crashed" => w.entry(host.as_str()).or_default().push((e.t_ms, u64::MAX)),
+                "restarted" => {
+                    if let Some(last) = w.entry(host.as_str()).or_default().last_mut() {
+                        last.1 = e.t_ms;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    w
+}
+
 /// 8. Every request is answered; never with a 5xx other than 503, and a 503 says when to retry.
+/// A request to a worker that crashed while it waited may go unanswered (its client times out
+/// and retries); any other request may not.
 pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
+    let down = down_windows(&out.history);
+    let crashed_meanwhile =
+        |worker: &str, from: u64, to: u64| down.get(worker).is_some_and(|ws| ws.iter().any(|(a, b)| *a <= to && *b >= from));
     if let Some(err) = &out.error {
         found.push(v(NO_500_NO_HANG, out.sim_ms, format!("the run did not finish: {err}")));
     }
@@ -378,7 +402,8 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
                 ));
             }
             (Some(_), _) => {}
-            (None, Some(reason)) => found.push(v(
+            (None, Some((t, _))) if crashed_meanwhile(c.worker, c.at_ms, t) => {}
+            (None, Some((_, reason))) => found.push(v(
                 NO_500_NO_HANG,
                 c.at_ms,
                 format!("request {} ({} {} via {}) got no answer: {reason}", c.req, c.op, c.user, c.worker),
@@ -761,5 +786,23 @@ mod tests {
         let mut out = clean();
         out.error = Some("Ran for duration: 300s steps: 60000 without completing".into());
         fires(&out, NO_500_NO_HANG);
+    }
+
+    #[test]
+    fn an_unanswered_request_is_excused_only_by_a_crash_of_its_own_worker_meanwhile() {
+        let unanswered = |crashed: &str, at: u64, restarted: Option<u64>| {
+            let mut out = clean();
+            out.history[3].ev = Ev::NoResponse { req: 0, reason: "connect: connection refused".into() };
+            out.history.insert(1, Entry { t_ms: at, ev: Ev::HostFault { host: crashed.into(), what: "crashed".into() } });
+            if let Some(t) = restarted {
+                out.history.push(Entry { t_ms: t, ev: Ev::HostFault { host: crashed.into(), what: "restarted".into() } });
+            }
+            out.history.sort_by_key(|e| e.t_ms);
+            no_500_no_hang(&out)
+        };
+        assert!(unanswered("worker-0", 3, Some(9)).is_empty(), "its worker crashed while it waited");
+        assert!(unanswered("worker-0", 0, None).is_empty(), "its worker crashed and never came back");
+        assert!(!unanswered("worker-1", 3, Some(9)).is_empty(), "another worker's crash excuses nothing");
+        assert!(!unanswered("worker-0", 20, Some(30)).is_empty(), "a crash after the answer was due excuses nothing");
     }
 }

@@ -13,6 +13,20 @@ pub enum Fault {
     /// For `duration_ms`, clients deliver requests twice: the same request and key to
     /// another worker, concurrently (`concurrent_pct`) or after the answer (`late_pct`).
     Duplicates { duration_ms: u64, concurrent_pct: u32, late_pct: u32 },
+    /// For `duration_ms`, worker `worker` and Redis cannot talk: both ways, or (`oneway`) only
+    /// Redis's replies are lost, so commands apply but their answers never arrive. Messages
+    /// sent meanwhile are lost, so the connections they were on stall.
+    RedisPartition { worker: usize, duration_ms: u64, oneway: bool },
+    /// The Redis host's clock jumps by `delta_ms` and stays there: forward, every lease and
+    /// in-flight marker expires early (lock expiry under a working turn); backward, they live
+    /// longer.
+    RedisClockJump { delta_ms: i64 },
+    /// Worker `worker` crashes (its turns in progress and their leases are abandoned, its
+    /// clients' requests go unanswered) and restarts after `down_ms`.
+    WorkerCrash { worker: usize, down_ms: u64 },
+    /// Redis crashes and restarts after `down_ms`. Acknowledged writes survive (as with
+    /// `appendfsync always`); the script cache does not, so workers meet `NOSCRIPT`.
+    RedisCrash { down_ms: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,10 +34,29 @@ pub enum Fault {
 pub enum FaultKind {
     CopilotLatencySpike,
     Duplicates,
+    RedisPartition,
+    RedisClockJump,
+    WorkerCrash,
+    RedisCrash,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 2] = [FaultKind::CopilotLatencySpike, FaultKind::Duplicates];
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::CopilotLatencySpike,
+        FaultKind::Duplicates,
+        FaultKind::RedisPartition,
+        FaultKind::RedisClockJump,
+        FaultKind::WorkerCrash,
+        FaultKind::RedisCrash,
+    ];
+}
+
+/// A host's network and process condition at one instant, as the plan wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostFaults {
+    /// Cut off from Redis: `Some(false)` both ways, `Some(true)` Redis's replies only.
+    pub redis_partition: Option<bool>,
+    pub down: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,9 +68,9 @@ pub struct FaultPlan {
 pub const EPISODES_PER_KIND_MAX: u32 = 4;
 
 impl FaultPlan {
-    /// A plan over `[0, safety_ms)` with episodes of the enabled kinds; spikes exceed
-    /// `lease_ttl_ms`.
-    pub fn generate(rng: &mut ChaCha8Rng, kinds: &[FaultKind], safety_ms: u64, lease_ttl_ms: u64) -> Self {
+    /// A plan over `[0, safety_ms)` with episodes of the enabled kinds for `workers` workers;
+    /// spikes exceed `lease_ttl_ms`, and so do most partitions and clock jumps.
+    pub fn generate(rng: &mut ChaCha8Rng, kinds: &[FaultKind], safety_ms: u64, lease_ttl_ms: u64, workers: usize) -> Self {
         let mut faults = Vec::new();
         for kind in kinds {
             let episodes = rng.random_range(1..=EPISODES_PER_KIND_MAX);
@@ -51,6 +84,23 @@ impl FaultPlan {
                     FaultKind::Duplicates => {
                         Fault::Duplicates { duration_ms, concurrent_pct: rng.random_range(10..=60), late_pct: rng.random_range(10..=60) }
                     }
+                    FaultKind::RedisPartition => Fault::RedisPartition {
+                        worker: rng.random_range(0..workers.max(1)),
+                        duration_ms: rng.random_range(200..=lease_ttl_ms * 3),
+                        oneway: rng.random_bool(0.4),
+                    },
+                    FaultKind::RedisClockJump => Fault::RedisClockJump {
+                        delta_ms: if rng.random_bool(0.8) {
+                            rng.random_range(lease_ttl_ms as i64 / 2..=lease_ttl_ms as i64 * 3)
+                        } else {
+                            -rng.random_range(100..=lease_ttl_ms as i64)
+                        },
+                    },
+                    FaultKind::WorkerCrash => Fault::WorkerCrash {
+                        worker: rng.random_range(0..workers.max(1)),
+                        down_ms: rng.random_range(100..=lease_ttl_ms * 2),
+                    },
+                    FaultKind::RedisCrash => Fault::RedisCrash { down_ms: rng.random_range(50..=lease_ttl_ms) },
                 };
                 faults.push((at, f));
             }
@@ -67,6 +117,48 @@ impl FaultPlan {
         })
     }
 
+    /// How far the Redis host's clock is off simulated time at `now_ms`: the sum of the jumps
+    /// so far (never taking the clock below zero; see [`FaultPlan::redis_now_ms`]).
+    pub fn redis_clock_offset_ms(&self, now_ms: u64) -> i64 {
+        self.faults
+            .iter()
+            .filter_map(|(at, f)| match f {
+                Fault::RedisClockJump { delta_ms } if *at <= now_ms => Some(*delta_ms),
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// The Redis host's clock at simulated time `now_ms`.
+    pub fn redis_now_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.redis_clock_offset_ms(now_ms))
+    }
+
+    /// What the plan wants for worker `worker` at `now_ms`; nothing once healed.
+    pub fn worker_faults(&self, worker: usize, now_ms: u64, heal_at_ms: u64) -> HostFaults {
+        let mut h = HostFaults::default();
+        if now_ms >= heal_at_ms {
+            return h;
+        }
+        for (at, f) in &self.faults {
+            match f {
+                Fault::RedisPartition { worker: w, duration_ms, oneway } if *w == worker && now_ms >= *at && now_ms < at + duration_ms => {
+                    // Both ways wins over one way when episodes overlap.
+                    h.redis_partition = Some(h.redis_partition.unwrap_or(true) && *oneway);
+                }
+                Fault::WorkerCrash { worker: w, down_ms } if *w == worker && now_ms >= *at && now_ms < at + down_ms => h.down = true,
+                _ => {}
+            }
+        }
+        h
+    }
+
+    /// Whether Redis should be down at `now_ms`; never once healed.
+    pub fn redis_down(&self, now_ms: u64, heal_at_ms: u64) -> bool {
+        now_ms < heal_at_ms
+            && self.faults.iter().any(|(at, f)| matches!(f, Fault::RedisCrash { down_ms } if now_ms >= *at && now_ms < at + down_ms))
+    }
+
     /// Duplicate-delivery percentages (concurrent, late) active at `now_ms`.
     pub fn duplicates(&self, now_ms: u64) -> Option<(u32, u32)> {
         self.faults.iter().find_map(|(at, f)| match f {
@@ -75,5 +167,39 @@ impl FaultPlan {
             }
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_jumps_add_up_and_never_go_below_zero() {
+        let p =
+            FaultPlan { faults: vec![(100, Fault::RedisClockJump { delta_ms: 5_000 }), (200, Fault::RedisClockJump { delta_ms: -8_000 })] };
+        assert_eq!(p.redis_now_ms(50), 50);
+        assert_eq!(p.redis_now_ms(150), 5_150);
+        assert_eq!(p.redis_now_ms(250), 0);
+        assert_eq!(p.redis_now_ms(10_000), 7_000);
+    }
+
+    #[test]
+    fn host_faults_follow_their_windows_and_stop_at_the_heal() {
+        let p = FaultPlan {
+            faults: vec![
+                (100, Fault::RedisPartition { worker: 1, duration_ms: 500, oneway: true }),
+                (300, Fault::RedisPartition { worker: 1, duration_ms: 100, oneway: false }),
+                (200, Fault::WorkerCrash { worker: 0, down_ms: 1_000 }),
+                (50, Fault::RedisCrash { down_ms: 100 }),
+            ],
+        };
+        assert_eq!(p.worker_faults(1, 150, 10_000).redis_partition, Some(true));
+        assert_eq!(p.worker_faults(1, 350, 10_000).redis_partition, Some(false));
+        assert_eq!(p.worker_faults(1, 650, 10_000).redis_partition, None);
+        assert!(p.worker_faults(0, 250, 10_000).down);
+        assert!(!p.worker_faults(0, 250, 240).down, "healed");
+        assert!(!p.worker_faults(2, 250, 10_000).down);
+        assert!(p.redis_down(100, 10_000) && !p.redis_down(150, 10_000));
     }
 }

@@ -116,6 +116,18 @@ pub enum Ev {
         error: String,
         text: String,
     },
+    /// The world applied a fault to a host (`host` is `redis` or `worker-N`): `what` is one
+    /// of "crashed", "restarted", "cut off from redis", "redis replies lost",
+    /// "reconnected to redis".
+    HostFault {
+        host: String,
+        what: String,
+    },
+    /// The Redis host's clock jumped by `delta_ms`; it is now `offset_ms` off simulated time.
+    RedisClockJumped {
+        delta_ms: i64,
+        offset_ms: i64,
+    },
     /// The effects sink received a submission.
     SinkReceived {
         cid: String,
@@ -149,6 +161,11 @@ impl History {
 
     pub fn push(&self, ev: Ev) {
         let t_ms = sim_now_ms();
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).push(Entry { t_ms, ev });
+    }
+
+    /// An event stamped by the caller (the world, between simulation steps, has no host clock).
+    pub fn push_at(&self, t_ms: u64, ev: Ev) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).push(Entry { t_ms, ev });
     }
 

@@ -54,6 +54,8 @@ pub struct Model {
     known: BTreeMap<String, ScriptKind>,
     loaded: BTreeSet<String>,
     pub commits: Vec<AppliedCommit>,
+    /// Simulation time of the request being executed (see [`Model::exec_stamped`]).
+    stamp_ms: u64,
 }
 
 impl Default for Model {
@@ -87,7 +89,7 @@ impl Model {
         .into_iter()
         .map(|(src, k)| (sha1_hex(src), k))
         .collect();
-        Self { data: BTreeMap::new(), known, loaded: BTreeSet::new(), commits: Vec::new() }
+        Self { data: BTreeMap::new(), known, loaded: BTreeSet::new(), commits: Vec::new(), stamp_ms: 0 }
     }
 
     /// A restart without persistence of the script cache: every script must be loaded again.
@@ -191,8 +193,17 @@ impl Model {
         Ok(next)
     }
 
-    /// Executes one client request at time `now_ms` on this Redis's clock.
+    /// Executes one client request at time `now_ms` on this Redis's clock, which is also the
+    /// time applied commits are stamped with.
     pub fn exec(&mut self, args: &[Vec<u8>], now_ms: u64) -> Reply {
+        self.exec_stamped(args, now_ms, now_ms)
+    }
+
+    /// As [`Model::exec`], with expiry judged on the Redis clock `now_ms` but applied commits
+    /// stamped `sim_ms`, the simulation's own time (the two differ after a clock jump, and the
+    /// history is ordered by simulation time).
+    pub fn exec_stamped(&mut self, args: &[Vec<u8>], now_ms: u64, sim_ms: u64) -> Reply {
+        self.stamp_ms = sim_ms;
         let Some(name) = args.first() else { return Reply::err("ERR empty command") };
         let name = s(name).to_ascii_uppercase();
         let argc = args.len();
@@ -346,7 +357,7 @@ impl Model {
                 self.del(lock, now);
                 let key = s(state);
                 self.commits.push(AppliedCommit {
-                    at_ms: now,
+                    at_ms: self.stamp_ms,
                     cid: cid_of(&key),
                     fence: int_arg(&argv[0]).unwrap_or(-1) as u64,
                     idem_key: s(idem),
@@ -410,14 +421,14 @@ pub const MODEL_CONNECTIONS_MAX: usize = 256;
 
 /// Serves the model on a turmoil listener until the host stops. `now_ms` reads the Redis
 /// host's own clock.
-pub async fn serve(model: Arc<Mutex<Model>>, port: u16, now_ms: fn() -> u64) -> turmoil::Result {
+pub async fn serve(model: Arc<Mutex<Model>>, port: u16, now_ms: Arc<dyn Fn() -> u64 + Send + Sync>) -> turmoil::Result {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MODEL_CONNECTIONS_MAX));
     loop {
         let permit = slots.clone().acquire_owned().await?;
         let (mut stream, _) = listener.accept().await?;
-        let model = model.clone();
+        let (model, now_ms) = (model.clone(), now_ms.clone());
         tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
             let mut chunk = [0u8; 4096];
@@ -433,7 +444,8 @@ pub async fn serve(model: Arc<Mutex<Model>>, port: u16, now_ms: fn() -> u64) -> 
                     match parse_request(&buf[consumed..]) {
                         Ok(Some((args, used))) => {
                             consumed += used;
-                            let reply = model.lock().unwrap_or_else(|p| p.into_inner()).exec(&args, now_ms());
+                            let sim_ms = turmoil::elapsed().as_millis() as u64;
+                            let reply = model.lock().unwrap_or_else(|p| p.into_inner()).exec_stamped(&args, now_ms(), sim_ms);
                             reply.encode(&mut out);
                         }
                         Ok(None) => break,

@@ -44,7 +44,7 @@ pub fn replay_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 13] = [
+pub const COUNTERS: [&str; 17] = [
     "requests",
     "duplicate deliveries sent",
     "409 in flight",
@@ -58,6 +58,10 @@ pub const COUNTERS: [&str; 13] = [
     "submissions",
     "duplicate submissions de-duplicated",
     "no-signal hand-offs",
+    "redis partitions",
+    "redis clock jumps",
+    "worker crashes",
+    "redis crashes",
 ];
 
 fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
@@ -78,6 +82,9 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::SinkReceived { accepted: false, .. } => bump("duplicate submissions de-duplicated"),
             Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
             Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => bump("no-signal hand-offs"),
+            Ev::HostFault { what, .. } if what == "cut off from redis" || what == "redis replies lost" => bump("redis partitions"),
+            Ev::HostFault { host, what } if what == "crashed" => bump(if host == "redis" { "redis crashes" } else { "worker crashes" }),
+            Ev::RedisClockJumped { .. } => bump("redis clock jumps"),
             _ => {}
         }
     }
@@ -210,6 +217,8 @@ pub fn describe(ev: &Ev) -> String {
         Ev::SinkReceived { cid, accepted, .. } => {
             format!("sink c={} {}", short(cid), if *accepted { "accepted" } else { "duplicate ignored" })
         }
+        Ev::HostFault { host, what } => format!("FAULT {host} {what}"),
+        Ev::RedisClockJumped { delta_ms, offset_ms } => format!("FAULT redis clock jumped {delta_ms:+} ms (now {offset_ms:+} ms off)"),
     }
 }
 

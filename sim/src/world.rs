@@ -7,7 +7,7 @@
 
 use crate::client::{run_client, token_of, Shared};
 use crate::copilot_host::{self, CopilotHost};
-use crate::faults::{FaultKind, FaultPlan};
+use crate::faults::{FaultKind, FaultPlan, HostFaults};
 use crate::history::{Entry, Ev, History, WorkerObserver};
 use crate::net::{TurmoilConnector, TurmoilListener};
 use crate::redis_model::{self, Model};
@@ -110,7 +110,7 @@ pub const STREAM_TURMOIL: u64 = 4;
 pub const STREAM_OPTIONS: u64 = 5;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
-    FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms)
+    FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers)
 }
 
 #[derive(Debug, Clone)]
@@ -122,10 +122,6 @@ pub struct RunOutput {
     pub sim_ms: u64,
     /// turmoil's error (a host failed, or the run hit `run_limit_ms`).
     pub error: Option<String>,
-}
-
-fn redis_now_ms() -> u64 {
-    turmoil::elapsed().as_millis() as u64
 }
 
 pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
@@ -144,13 +140,20 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         .max_message_latency(Duration::from_millis(opts.net_latency_ms.1))
         .build();
 
+    let plan = Arc::new(plan.clone());
     let model = Arc::new(Mutex::new(Model::new()));
     {
-        let model = model.clone();
-        sim.host("redis", move || redis_model::serve(model.clone(), REDIS_PORT, redis_now_ms));
+        let (model, plan) = (model.clone(), plan.clone());
+        sim.host("redis", move || {
+            // A (re)started Redis has its data (appendfsync always) but no scripts.
+            model.lock().unwrap_or_else(|p| p.into_inner()).forget_scripts();
+            let plan = plan.clone();
+            // The Redis host's own clock: simulated time plus the plan's clock jumps.
+            let now_ms = move || plan.redis_now_ms(turmoil::elapsed().as_millis() as u64);
+            redis_model::serve(model.clone(), REDIS_PORT, Arc::new(now_ms))
+        });
     }
 
-    let plan = Arc::new(plan.clone());
     {
         let host = Arc::new(CopilotHost {
             plan: plan.clone(),
@@ -220,7 +223,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.client(format!("client-{c}"), run_client(shared, c));
     }
 
-    let error = sim.run().err().map(|e| e.to_string());
+    let error = run_with_faults(&mut sim, opts, &plan, &history);
     let sim_ms = sim.elapsed().as_millis() as u64;
 
     let owners = shared.owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -242,4 +245,96 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         finals.insert(cid.clone(), rec);
     }
     RunOutput { history: entries, finals, owners, sim_ms, error }
+}
+
+/// Every host name in the world, for isolating one of them.
+fn host_names(opts: &Options) -> Vec<String> {
+    let mut v = vec!["redis".to_string(), "copilot".to_string()];
+    v.extend((0..opts.workers).map(|w| format!("worker-{w}")));
+    v.extend((0..opts.clients).map(|c| format!("client-{c}")));
+    v
+}
+
+/// Crashes `host` like a power loss: it is cut off from every other host first, so the
+/// FIN/RST its dropped sockets would send never leave it. (turmoil drops a crashed host's tasks
+/// in an order that depends on tokio's process-wide task ids, so letting those segments out
+/// would make the peers' reactions, and the run, depend on what ran before in the process.)
+/// Peers notice as a real machine's peers do: on their next send, or by their timeouts.
+fn power_off(sim: &mut turmoil::Sim<'_>, all: &[String], host: &str) {
+    for other in all.iter().filter(|h| h.as_str() != host) {
+        sim.partition(host, other.as_str());
+    }
+    sim.crash(host);
+    for other in all.iter().filter(|h| h.as_str() != host) {
+        sim.repair(host, other.as_str());
+    }
+}
+
+/// Steps the simulation to its end, applying the plan's host faults (partitions from Redis,
+/// crashes and restarts) as their windows open and close, and logging each change and each
+/// Redis clock jump. Returns turmoil's error, if any.
+fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan, history: &History) -> Option<String> {
+    let all = host_names(opts);
+    let mut applied = vec![HostFaults::default(); opts.workers];
+    let mut redis_down = false;
+    let mut clock_offset = 0i64;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        let want_down = plan.redis_down(now, opts.heal_at_ms);
+        if want_down != redis_down {
+            if want_down {
+                power_off(sim, &all, "redis");
+                // The power-off repaired every link of redis: partitions still wanted are
+                // applied again below.
+                for have in &mut applied {
+                    have.redis_partition = None;
+                }
+            } else {
+                sim.bounce("redis");
+            }
+            history.push_at(now, Ev::HostFault { host: "redis".into(), what: if want_down { "crashed" } else { "restarted" }.into() });
+            redis_down = want_down;
+        }
+        for (w, have) in applied.iter_mut().enumerate() {
+            let want = plan.worker_faults(w, now, opts.heal_at_ms);
+            let host = format!("worker-{w}");
+            if want.down != have.down {
+                if want.down {
+                    power_off(sim, &all, &host);
+                    have.redis_partition = None;
+                } else {
+                    sim.bounce(host.as_str());
+                }
+                history.push_at(now, Ev::HostFault { host: host.clone(), what: if want.down { "crashed" } else { "restarted" }.into() });
+            }
+            if want.redis_partition != have.redis_partition {
+                if have.redis_partition.is_some() {
+                    sim.repair(host.as_str(), "redis");
+                }
+                let what = match want.redis_partition {
+                    Some(false) => {
+                        sim.partition(host.as_str(), "redis");
+                        "cut off from redis"
+                    }
+                    Some(true) => {
+                        sim.partition_oneway("redis", host.as_str());
+                        "redis replies lost"
+                    }
+                    None => "reconnected to redis",
+                };
+                history.push_at(now, Ev::HostFault { host, what: what.into() });
+            }
+            *have = want;
+        }
+        let offset = plan.redis_clock_offset_ms(now);
+        if offset != clock_offset {
+            history.push_at(now, Ev::RedisClockJumped { delta_ms: offset - clock_offset, offset_ms: offset });
+            clock_offset = offset;
+        }
+        match sim.step() {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(e) => return Some(e.to_string()),
+        }
+    }
 }
