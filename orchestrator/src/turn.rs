@@ -313,7 +313,11 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             match outcome {
                 BeginOutcome::Acquired { fence, record } => break (fence, record),
                 BeginOutcome::Replay { response, record } => {
-                    if self.bug(KnownBug::NoEffectsDeduplication) && record.state.step == Step::Succeeded {
+                    if record.state.step == Step::Succeeded {
+                        // The turn that made `succeeded` durable may have lost its answer, and
+                        // with it the submission, to a fault after the commit applied (its
+                        // client retries, and lands here). Sinks de-duplicate by key, so
+                        // submitting again is safe: at-least-once plus de-duplication.
                         self.submit(cid, &record).await;
                     }
                     return self.replay(req, &idem_key, &response, record);

@@ -324,7 +324,8 @@ pub fn fresh_replay(out: &RunOutput) -> Vec<Violation> {
     found
 }
 
-/// 7. Each conversation submits at most once; each idempotency key changes state at most once.
+/// 7. Each conversation submits at most once, and one that ended `succeeded` submitted at
+/// least once; each idempotency key changes state at most once.
 pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut accepted: BTreeMap<&str, u32> = BTreeMap::new();
@@ -350,6 +351,11 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
                 }
             }
             _ => {}
+        }
+    }
+    for (cid, rec) in &out.finals {
+        if rec.as_ref().is_some_and(|r| r.state.step == Step::Succeeded) && !accepted.contains_key(cid.as_str()) {
+            found.push(v(EXACTLY_ONCE, out.sim_ms, format!("conversation {cid} ended succeeded but was never submitted")));
         }
     }
     found
@@ -697,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn exactly_once_fires_on_a_second_submission_or_a_key_applied_twice() {
+    fn exactly_once_fires_on_a_second_submission_a_key_applied_twice_or_a_success_never_submitted() {
         let mut out = clean();
         for t in [30, 31] {
             out.history.push(Entry {
@@ -716,6 +722,12 @@ mod tests {
         }
         again.t_ms = 9;
         out.history.push(again);
+        fires(&out, EXACTLY_ONCE);
+        // Ended succeeded, never submitted.
+        let mut out = clean();
+        if let Some(Some(r)) = out.finals.get_mut("c1") {
+            r.state.step = Step::Succeeded;
+        }
         fires(&out, EXACTLY_ONCE);
     }
 

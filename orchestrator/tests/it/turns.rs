@@ -394,3 +394,50 @@ async fn http_answers_every_status_in_the_design_on_loopback() {
     assert_eq!(slow.await.unwrap().0, 200);
     assert!(!http(&base, "GET", "/healthz", None, None, "").await.1.contains_key("date"), "no Date header");
 }
+
+/// A store that applies the commit making the conversation `succeeded` but loses its answer
+/// (the worker sees a timeout), once: the fault after which a submission used to be lost.
+struct SucceededCommitAnswerLost(Arc<MemStore>, std::sync::atomic::AtomicBool);
+impl Store for SucceededCommitAnswerLost {
+    async fn create(&self, c: &str, r: &ConversationRecord) -> Result<bool, StoreError> {
+        self.0.create(c, r).await
+    }
+    async fn load(&self, c: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        self.0.load(c).await
+    }
+    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        self.0.begin(a).await
+    }
+    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        let r = self.0.commit(a).await;
+        if a.record.state.step == Step::Succeeded && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("timeout: the reply was lost".into()));
+        }
+        r
+    }
+    async fn release(&self, c: &str, t: &str, k: &str) -> Result<bool, StoreError> {
+        self.0.release(c, t, k).await
+    }
+    async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
+        self.0.extend(c, t, k, ms).await
+    }
+}
+
+#[tokio::test]
+async fn a_succeeded_commit_whose_answer_was_lost_is_submitted_once_on_the_retry() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = SucceededCommitAnswerLost(Arc::new(MemStore::new(clock.clone())), Default::default());
+    let o = orch(store, Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let cid = o.create("alice", "lead").await.unwrap();
+    for (i, q) in ["email is a@x.io", "phone is 555", "company is ACME"].iter().enumerate() {
+        o.turn(&req(&cid, "alice", &format!("k{i}"), q)).await.unwrap();
+    }
+    let yes = req(&cid, "alice", "k3", "yes");
+    assert!(matches!(o.turn(&yes).await, Err(TurnError::Unavailable { .. })), "the answer of the applied commit is lost");
+    assert!(o.effects.accepted().is_empty(), "nothing was submitted by the turn that lost its answer");
+    let retry = o.turn(&yes).await.unwrap();
+    assert!(retry.replayed && retry.workflow_state.step == Step::Succeeded);
+    assert_eq!(o.effects.accepted().len(), 1, "the retry's replay submits the succeeded conversation");
+    o.turn(&yes).await.unwrap();
+    assert_eq!(o.effects.accepted().len(), 1, "further replays are de-duplicated by the sink");
+}
