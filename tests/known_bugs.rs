@@ -22,6 +22,8 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
         KnownBug::ContextNotLoadedFromStore => ("swarm", &[LOST_DATA, FENCED_WRITER]),
         KnownBug::ContextPrefixWithoutSpaces => ("calm", &[CONTEXT_WELL_FORMED]),
         KnownBug::NoEffectsDeduplication => ("duplicates", &[EXACTLY_ONCE]),
+        // Needs a lease to lapse under a working turn while another turn writes: partitions.
+        KnownBug::BlindRecommitAfterLeaseLoss => ("partitions", &[LOST_DATA, VALID_TRANSITIONS, FENCED_WRITER]),
     }
 }
 
@@ -36,6 +38,11 @@ fn caught(bug: KnownBug) {
         }
     }
     panic!("{bug:?} was not caught as any of {expected:?} in {SEEDS_MAX} seeds of {scenario}");
+}
+
+#[test]
+fn a_blind_recommit_after_lease_loss_is_caught_as_lost_or_unexplained_data() {
+    caught(KnownBug::BlindRecommitAfterLeaseLoss);
 }
 
 #[test]

@@ -23,10 +23,13 @@ pub enum KnownBug {
     ContextPrefixWithoutSpaces,
     /// Submissions carry a fresh key per attempt and replays of the final turn submit again.
     NoEffectsDeduplication,
+    /// A commit refused by the fence (the lease lapsed and another turn wrote) is retried
+    /// under a fresh lease with the state computed from the old load: a lost update.
+    BlindRecommitAfterLeaseLoss,
 }
 
 impl KnownBug {
-    pub const ALL: [KnownBug; 7] = [
+    pub const ALL: [KnownBug; 8] = [
         KnownBug::StaleReplay,
         KnownBug::ConfidenceIgnored,
         KnownBug::UnknownSignalIgnored,
@@ -34,6 +37,7 @@ impl KnownBug {
         KnownBug::ContextNotLoadedFromStore,
         KnownBug::ContextPrefixWithoutSpaces,
         KnownBug::NoEffectsDeduplication,
+        KnownBug::BlindRecommitAfterLeaseLoss,
     ];
 }
 

@@ -416,7 +416,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             events: events.clone(),
         });
 
-        let response = TurnResponse {
+        let mut response = TurnResponse {
             conversation_id: cid.into(),
             turn: next.state.turns,
             reply: reply_text,
@@ -448,7 +448,13 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             Ok(CommitOutcome::Superseded) => {
                 tracing::warn!(cid, fence, "commit rejected: a later lease was taken");
                 self.emit(|| ServerEvent::CommitRejected { cid: cid.into(), fence });
-                return Err(self.unavailable(Unavailable::LeaseLost));
+                let recommitted = match self.bug(KnownBug::BlindRecommitAfterLeaseLoss) {
+                    true => self.blind_recommit(req, idem_key, fp, &next, &body).await,
+                    false => None,
+                };
+                let Some(again) = recommitted else { return Err(self.unavailable(Unavailable::LeaseLost)) };
+                next = again;
+                response.workflow_state = next.state.clone();
             }
             Err(e) => {
                 tracing::warn!(cid, error = %e, "commit failed");
@@ -459,7 +465,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             cid: cid.into(),
             user: req.user.clone(),
             idem_key: idem_key.into(),
-            fence,
+            fence: next.writer_fence,
             version: next.state.version,
             state: next.state.clone(),
         });
@@ -472,6 +478,46 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             self.submit(cid, &next).await;
         }
         Ok(response)
+    }
+
+    /// The `BlindRecommitAfterLeaseLoss` bug: after a rejected commit, take the lease again
+    /// and write the state computed from the *old* load under the new fence (a lost update).
+    async fn blind_recommit(
+        &self,
+        req: &TurnRequest,
+        idem_key: &str,
+        fp: &str,
+        stale: &ConversationRecord,
+        body: &str,
+    ) -> Option<ConversationRecord> {
+        let cid = req.conversation_id.as_str();
+        let token = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
+        let args =
+            BeginArgs { cid, user: &req.user, idem_key, fingerprint: fp, owner_token: &token, lease_ttl_ms: self.config.lease_ttl_ms };
+        const ATTEMPTS_MAX: u32 = 20;
+        for _ in 0..ATTEMPTS_MAX {
+            match self.store.begin(&args).await {
+                Ok(BeginOutcome::Acquired { fence, record }) => {
+                    let mut again = stale.clone();
+                    again.state.version = record.state.version + 1;
+                    again.writer_fence = fence;
+                    let commit = CommitArgs {
+                        cid,
+                        owner_token: &token,
+                        fence,
+                        record: &again,
+                        idem_key,
+                        fingerprint: fp,
+                        response: body,
+                        idempotency_ttl_ms: self.config.idempotency_ttl_ms,
+                    };
+                    return matches!(self.store.commit(&commit).await, Ok(CommitOutcome::Committed)).then_some(again);
+                }
+                Ok(BeginOutcome::Busy { retry_in_ms }) => tokio::time::sleep(Duration::from_millis(retry_in_ms.clamp(1, 50))).await,
+                _ => return None,
+            }
+        }
+        None
     }
 
     async fn call_copilot(
