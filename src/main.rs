@@ -2,7 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use scenarios::{find, names, Scenario, SCENARIOS};
-use sim::report::{failure_report, timeline, write_trace, Verdict};
+use sim::faults::FaultPlan;
+use sim::report::{failure_report, run_plan, timeline, write_trace, Verdict};
+use sim::world::Options;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
@@ -40,15 +42,30 @@ enum Cmd {
         #[arg(long)]
         known_bug: Option<String>,
     },
-    /// Re-run one seed and print its options, fault plan, timeline and verdict.
+    /// Re-run one seed (or a written run, e.g. a shrunk one) and print its options, fault
+    /// plan, timeline and verdict.
     Replay {
+        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+        scenario: Option<String>,
+        #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+        seed: Option<u64>,
+        /// A `.run.json` written by a failure or by `shrink`: its options, plan and seed.
+        #[arg(long)]
+        run: Option<std::path::PathBuf>,
+        /// Print only the verdict, not the timeline.
+        #[arg(long)]
+        quiet: bool,
+        /// Switch on a known orchestrator bug (build with `--features known-bugs`).
+        #[arg(long, conflicts_with = "run")]
+        known_bug: Option<String>,
+    },
+    /// Re-run a failing seed with parts of its fault plan taken away until only the faults
+    /// its failure needs are left; writes the shrunk run for `replay --run`.
+    Shrink {
         #[arg(long)]
         scenario: String,
         #[arg(long)]
         seed: u64,
-        /// Print only the verdict, not the timeline.
-        #[arg(long)]
-        quiet: bool,
         /// Switch on a known orchestrator bug (build with `--features known-bugs`).
         #[arg(long)]
         known_bug: Option<String>,
@@ -225,15 +242,14 @@ fn explore(
     }
 }
 
-fn replay(sc: &Scenario, seed: u64, quiet: bool, bug: Option<sim::KnownBug>) -> ExitCode {
-    let v = sc.run_with_bug(seed, bug);
-    say!("scenario {} seed {}", sc.name, seed);
+fn replay(v: &Verdict, quiet: bool) -> ExitCode {
+    say!("scenario {} seed {}", v.scenario, v.seed);
     say!("options: {}", serde_json::to_string_pretty(&v.options).unwrap_or_default());
     say!("fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
     if !quiet {
         say!("timeline:\n{}", timeline(&v.history));
     }
-    let trace = write_trace(&v).ok();
+    let trace = write_trace(v).ok();
     say!("simulated {} ms; trace hash {}", v.sim_ms, v.trace_hash);
     if let Some(t) = &trace {
         say!("trace written to {}", t.display());
@@ -245,9 +261,50 @@ fn replay(sc: &Scenario, seed: u64, quiet: bool, bug: Option<sim::KnownBug>) -> 
         say!("PASSED: no invariant violated");
         ExitCode::SUCCESS
     } else {
-        say!("{}", failure_report(&v, trace.as_deref()));
+        say!("{}", failure_report(v, trace.as_deref()));
         ExitCode::FAILURE
     }
+}
+
+/// A run written to disk (`.run.json`): options, plan and seed, checked for this build.
+fn read_run(path: &std::path::Path) -> Result<(Options, FaultPlan, u64), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let field = |k: &str| v.get(k).cloned().ok_or_else(|| format!("{} has no {k:?}", path.display()));
+    let options: Options = serde_json::from_value(field("options")?).map_err(|e| format!("{}: bad options: {e}", path.display()))?;
+    let plan: FaultPlan = serde_json::from_value(field("plan")?).map_err(|e| format!("{}: bad plan: {e}", path.display()))?;
+    let seed = field("seed")?.as_u64().ok_or_else(|| format!("{}: seed is not a number", path.display()))?;
+    if options.known_bug.is_some() && !cfg!(feature = "known-bugs") {
+        return Err(format!("{} switches on a known bug: build with `--features known-bugs`", path.display()));
+    }
+    Ok((options, plan, seed))
+}
+
+fn shrink(sc: &Scenario, seed: u64, bug: Option<sim::KnownBug>) -> ExitCode {
+    let start = Instant::now();
+    let v = sc.run_with_bug(seed, bug);
+    if v.passed() {
+        say!("{} seed {seed} passes: nothing to shrink", sc.name);
+        return ExitCode::SUCCESS;
+    }
+    let broken: std::collections::BTreeSet<&str> = v.violations.iter().map(|x| x.invariant).collect();
+    say!("{} seed {seed} violates {:?} with {} faults; shrinking the plan...", sc.name, broken, v.plan.faults.len());
+    let shrunk = sim::shrink::shrink(&v.plan, |p| run_plan(&v.options, p, seed).violations.iter().any(|x| broken.contains(x.invariant)));
+    let small = run_plan(&v.options, &shrunk.plan, seed);
+    let base = format!("{}-seed-{seed}.shrunk", sc.name);
+    let trace = sim::report::write_trace_named(&small, &base).ok();
+    say!(
+        "shrunk {} faults to {} in {} runs ({:.1} s):",
+        v.plan.faults.len(),
+        shrunk.plan.faults.len(),
+        shrunk.runs,
+        start.elapsed().as_secs_f64()
+    );
+    for (at, f) in &shrunk.plan.faults {
+        say!("  at {at:>6} ms  {}", serde_json::to_string(f).unwrap_or_default());
+    }
+    say!("{}", failure_report(&small, trace.as_deref()));
+    ExitCode::FAILURE
 }
 
 fn main() -> ExitCode {
@@ -265,15 +322,29 @@ fn main() -> ExitCode {
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
             explore(seeds, only, first_seed, jobs, recheck_every, bug)
         }
-        Cmd::Replay { scenario: name, seed, quiet, known_bug: bug } => {
-            match scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))) {
-                Ok((s, bug)) => replay(s, seed, quiet, bug),
+        Cmd::Replay { scenario: name, seed, run, quiet, known_bug: bug } => {
+            let verdict = match (run, name, seed) {
+                (Some(path), _, _) => read_run(&path).map(|(options, plan, seed)| run_plan(&options, &plan, seed)),
+                (None, Some(name), Some(seed)) => {
+                    scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))).map(|(s, bug)| s.run_with_bug(seed, bug))
+                }
+                _ => Err("give --scenario and --seed, or --run".into()),
+            };
+            match verdict {
+                Ok(v) => replay(&v, quiet),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
                 }
             }
         }
+        Cmd::Shrink { scenario: name, seed, known_bug: bug } => match scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))) {
+            Ok((s, bug)) => shrink(s, seed, bug),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Scenarios => {
             for s in SCENARIOS {
                 say!("{:<12} {}", s.name, s.about);

@@ -3,7 +3,7 @@
 
 use scenarios::find;
 use sim::checkers::Violation;
-use sim::report::{failure_report, Verdict};
+use sim::report::{failure_report, run_file, run_plan, write_trace_named, Verdict};
 
 /// Same seed, same trace hash: every seed is run twice, the second time on another thread
 /// (so per-thread randomness such as std's `RandomState` would show).
@@ -109,4 +109,33 @@ fn partitions_clock_jumps_and_crashes_reach_lease_loss_and_fence_rejection() {
     ] {
         assert!(total.get(must).copied().unwrap_or(0) > 0, "{must}: never happened: {total:?}");
     }
+}
+
+/// Shrinking on real runs: a test-only failure ("a lease was lost while working") found on a
+/// seed with several faults shrinks to fewer faults that still fail, and the shrunk run, written
+/// to its file, replays with the binary to the same trace hash.
+#[test]
+fn a_failing_plan_shrinks_to_fewer_faults_and_the_shrunk_run_replays_from_its_file() {
+    let sc = find("partitions").unwrap();
+    let lost = |v: &Verdict| v.counters.get("lease lost while working").copied().unwrap_or(0) > 0;
+    let (seed, v) = (0..50u64)
+        .map(|s| (s, sc.run(s)))
+        .find(|(_, v)| lost(v) && v.plan.faults.len() >= 4)
+        .expect("no partitions seed in 50 lost a lease with 4 or more faults");
+    let shrunk = sim::shrink::shrink(&v.plan, |p| lost(&run_plan(&v.options, p, seed)));
+    assert!(shrunk.plan.faults.len() < v.plan.faults.len(), "nothing shrunk: {:?}", shrunk.plan);
+    let small = run_plan(&v.options, &shrunk.plan, seed);
+    assert!(lost(&small), "the shrunk plan no longer fails");
+
+    let base = format!("test-shrunk-partitions-{seed}");
+    write_trace_named(&small, &base).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchsim"))
+        .args(["replay", "--quiet", "--run"])
+        .arg(run_file(&base))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&serde_json::to_string(&shrunk.plan).unwrap()), "replay used another plan:\n{stdout}");
+    let hash = stdout.lines().find_map(|l| l.split_once("trace hash ").map(|(_, h)| h.trim().to_string())).expect("replay prints the hash");
+    assert_eq!(hash, small.trace_hash, "the shrunk run did not replay from its file:\n{stdout}");
 }

@@ -8,6 +8,7 @@
 //! - [`client`] — simulated users and their retries and duplicate deliveries.
 //! - [`sink`] — the effects sink.
 //! - [`faults`] — the serialisable fault plan.
+//! - [`shrink`] — a failing plan cut down to the faults the failure needs.
 //! - [`history`] — the event log, trace hash, JSON lines.
 //! - [`checkers`] — the invariants, read from the history after the run.
 //! - [`report`] — a run's verdict, failure report and replay command.
@@ -22,6 +23,7 @@ pub mod net;
 pub mod redis_model;
 pub mod report;
 pub mod resp;
+pub mod shrink;
 pub mod sink;
 pub mod world;
 

@@ -43,6 +43,11 @@ pub fn replay_command(options: &Options, seed: u64) -> String {
     }
 }
 
+/// The command that shrinks this seed's fault plan to the faults its failure needs.
+pub fn shrink_command(options: &Options, seed: u64) -> String {
+    replay_command(options, seed).replacen(" replay ", " shrink ", 1)
+}
+
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
 pub const COUNTERS: [&str; 17] = [
     "requests",
@@ -124,13 +129,22 @@ pub fn trace_dir() -> PathBuf {
 
 /// Writes the trace (JSON lines) and the run's options and plan; returns the trace path.
 pub fn write_trace(v: &Verdict) -> std::io::Result<PathBuf> {
+    write_trace_named(v, &format!("{}-seed-{}", v.scenario, v.seed))
+}
+
+/// The path of the `.run.json` that [`write_trace_named`] writes next to the trace.
+pub fn run_file(base: &str) -> PathBuf {
+    trace_dir().join(format!("{base}.run.json"))
+}
+
+/// As [`write_trace`], under the file name stem `base` (a shrunk run gets its own).
+pub fn write_trace_named(v: &Verdict, base: &str) -> std::io::Result<PathBuf> {
     let dir = trace_dir();
     std::fs::create_dir_all(&dir)?;
-    let base = format!("{}-seed-{}", v.scenario, v.seed);
     let trace = dir.join(format!("{base}.trace.jsonl"));
     std::fs::write(&trace, json_lines(&v.history))?;
     let meta = serde_json::json!({"scenario": v.scenario, "seed": v.seed, "options": v.options, "plan": v.plan, "traceHash": v.trace_hash, "violations": v.violations});
-    std::fs::write(dir.join(format!("{base}.run.json")), serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+    std::fs::write(run_file(base), serde_json::to_string_pretty(&meta).unwrap_or_default())?;
     Ok(trace)
 }
 
@@ -150,7 +164,23 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
     if let Some(t) = trace {
         let _ = writeln!(s, "trace: {}", t.display());
     }
-    let _ = writeln!(s, "reproduce: {}", replay_command(&v.options, v.seed));
+    if world::generate_plan(&v.options, v.seed) == v.plan {
+        let _ = writeln!(s, "reproduce: {}", replay_command(&v.options, v.seed));
+        if !v.plan.faults.is_empty() {
+            let _ = writeln!(s, "shrink the fault plan: {}", shrink_command(&v.options, v.seed));
+        }
+    } else {
+        // An explicit plan (a shrunk one): the seed alone would regenerate the full plan.
+        let features = if v.options.known_bug.is_some() { " --features known-bugs" } else { "" };
+        match trace.and_then(|t| t.to_str()).and_then(|t| t.strip_suffix(".trace.jsonl")) {
+            Some(base) => {
+                let _ = writeln!(s, "reproduce: cargo run --release{features} -- replay --run {base}.run.json");
+            }
+            None => {
+                let _ = writeln!(s, "reproduce: write this run (options, plan, seed) to a .run.json and `replay --run` it");
+            }
+        }
+    }
     s
 }
 
