@@ -49,6 +49,14 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "copilot",
+        about: "Copilot misbehaves: HTTP 500s, bodies that are not JSON or cut short, payloads off the contract, slow spikes",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::CopilotMisbehaves, FaultKind::CopilotLatencySpike];
+        },
+    },
+    Scenario {
         name: "duplicates",
         about: "the same request and key delivered to other workers, concurrently and late",
         build: |r, o| {

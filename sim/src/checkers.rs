@@ -644,6 +644,7 @@ mod tests {
                 cid: "c1".into(),
                 latency_ms: 1,
                 spike: false,
+                misbehaviour: None,
                 payload: json!({"intent":"provide","fields":{"phone":"alice.guess"},"confidence":"low"}),
             },
         });

@@ -1,15 +1,19 @@
 //! The fake LLM: an HTTP host speaking the Copilot contract. Replies come from the scripted
 //! interpretation of the query inside the context prefix (deterministic); latency comes from
-//! the seed's distribution, or from an active latency spike in the fault plan.
+//! the seed's distribution, or from an active latency spike in the fault plan; during a
+//! misbehaviour episode some replies break the contract in one of [`MISBEHAVIOURS`] ways.
 
 use crate::faults::FaultPlan;
 use crate::history::{sim_now_ms, Ev, History};
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use orchestrator::copilot::{CopilotReply, CopilotRequest, ScriptedCopilot};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,15 +27,81 @@ pub struct CopilotHost {
     pub rng: Mutex<ChaCha8Rng>,
 }
 
-async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest>) -> Json<CopilotReply> {
+/// The ways a misbehaving reply breaks the contract.
+pub const MISBEHAVIOURS: [&str; 9] = [
+    "http 500",
+    "body not json",
+    "body cut short",
+    "empty reply",
+    "confidence misspelt",
+    "unknown field",
+    "value is an object",
+    "unknown intent",
+    "payload only in the text",
+];
+
+/// A misbehaving reply for `answer`, and the payload it effectively carries (what the contract
+/// lets a client extract from it, for the checkers), if any.
+fn misbehave(kind: &str, answer: &CopilotReply) -> (Response, Option<Value>) {
+    let payload = answer.extracted_payload.clone().unwrap_or(Value::Null);
+    let with_payload = |p: Value| {
+        let mut r = answer.clone();
+        r.extracted_payload = Some(p.clone());
+        (Json(r).into_response(), Some(p))
+    };
+    let mut edited = payload.clone();
+    match kind {
+        "http 500" => ((StatusCode::INTERNAL_SERVER_ERROR, "upstream model error").into_response(), None),
+        "body not json" => ((StatusCode::OK, "<html><body>504 Gateway Time-out</body></html>").into_response(), None),
+        "body cut short" => {
+            let full = serde_json::to_string(answer).unwrap_or_default();
+            ((StatusCode::OK, full[..full.len() / 2].to_string()).into_response(), None)
+        }
+        "empty reply" => (Json(json!({})).into_response(), None),
+        "confidence misspelt" if edited.is_object() => {
+            edited["confidence"] = json!("HIGH");
+            with_payload(edited)
+        }
+        "unknown field" if edited["fields"].is_object() => {
+            edited["fields"]["favourite_colour"] = json!("blue");
+            with_payload(edited)
+        }
+        "value is an object" if edited["fields"].is_object() => {
+            if let Some(fields) = edited["fields"].as_object_mut() {
+                for v in fields.values_mut() {
+                    *v = json!({ "value": v.clone() });
+                }
+            }
+            with_payload(edited)
+        }
+        "unknown intent" if edited.is_object() => {
+            edited["intent"] = json!("provide_info");
+            with_payload(edited)
+        }
+        "payload only in the text" if edited.is_object() => {
+            let mut r = answer.clone();
+            r.extracted_payload = None;
+            r.activities = vec![orchestrator::copilot::Activity { kind: "message".into(), text: format!("Sure! {edited}") }];
+            (Json(r).into_response(), Some(edited))
+        }
+        // A reply with nothing to break (no payload) goes out as it is.
+        _ => (Json(answer.clone()).into_response(), answer.extracted_payload.clone()),
+    }
+}
+
+async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest>) -> Response {
     let now = sim_now_ms();
     let spike = if now < h.heal_at_ms { h.plan.copilot_spike(now) } else { None };
-    let latency_ms = match spike {
-        Some(l) => l,
-        None => {
-            let mut rng = h.rng.lock().unwrap_or_else(|p| p.into_inner());
-            rng.random_range(h.latency_ms.0..=h.latency_ms.1)
-        }
+    let misbehaves = if now < h.heal_at_ms { h.plan.copilot_misbehaves(now) } else { None };
+    let (latency_ms, broken) = {
+        let mut rng = h.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let latency = match spike {
+            Some(l) => l,
+            None => rng.random_range(h.latency_ms.0..=h.latency_ms.1),
+        };
+        let broken =
+            misbehaves.filter(|pct| rng.random_range(0..100) < *pct).map(|_| MISBEHAVIOURS[rng.random_range(0..MISBEHAVIOURS.len())]);
+        (latency, broken)
     };
     // Every value in the context must belong to the asking user: a context built from someone
     // else's state (or a stale cache) shows up here, before it can reach any answer.
@@ -57,13 +127,18 @@ async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest
     }
     tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     let answer = ScriptedCopilot::answer(&req.text);
+    let (response, payload) = match broken {
+        Some(kind) => misbehave(kind, &answer),
+        None => (Json(answer.clone()).into_response(), answer.extracted_payload.clone()),
+    };
     h.history.push(Ev::CopilotReply {
         cid: req.conversation_id.clone(),
         latency_ms,
         spike: spike.is_some(),
-        payload: answer.extracted_payload.clone().unwrap_or_default(),
+        misbehaviour: broken.map(String::from),
+        payload: payload.unwrap_or_default(),
     });
-    Json(answer)
+    response
 }
 
 pub fn router(host: Arc<CopilotHost>) -> Router {

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub enum Fault {
     /// For `duration_ms`, every Copilot call takes `latency_ms` (above the lease TTL).
     CopilotLatencySpike { duration_ms: u64, latency_ms: u64 },
+    /// For `duration_ms`, `pct` percent of Copilot's replies misbehave: an HTTP 500, a body
+    /// that is not JSON or is cut short, an empty reply, or a payload off the contract (wrong
+    /// confidence spelling, a field the workflow does not have, a value that is an object, an
+    /// unknown intent), or a good payload only inside the message text.
+    CopilotMisbehaves { duration_ms: u64, pct: u32 },
     /// For `duration_ms`, clients deliver requests twice: the same request and key to
     /// another worker, concurrently (`concurrent_pct`) or after the answer (`late_pct`).
     Duplicates { duration_ms: u64, concurrent_pct: u32, late_pct: u32 },
@@ -33,6 +38,7 @@ pub enum Fault {
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     CopilotLatencySpike,
+    CopilotMisbehaves,
     Duplicates,
     RedisPartition,
     RedisClockJump,
@@ -41,8 +47,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::CopilotLatencySpike,
+        FaultKind::CopilotMisbehaves,
         FaultKind::Duplicates,
         FaultKind::RedisPartition,
         FaultKind::RedisClockJump,
@@ -81,6 +88,7 @@ impl FaultPlan {
                     FaultKind::CopilotLatencySpike => {
                         Fault::CopilotLatencySpike { duration_ms, latency_ms: rng.random_range(lease_ttl_ms + 100..=lease_ttl_ms * 3) }
                     }
+                    FaultKind::CopilotMisbehaves => Fault::CopilotMisbehaves { duration_ms, pct: rng.random_range(10..=60) },
                     FaultKind::Duplicates => {
                         Fault::Duplicates { duration_ms, concurrent_pct: rng.random_range(10..=60), late_pct: rng.random_range(10..=60) }
                     }
@@ -157,6 +165,14 @@ impl FaultPlan {
     pub fn redis_down(&self, now_ms: u64, heal_at_ms: u64) -> bool {
         now_ms < heal_at_ms
             && self.faults.iter().any(|(at, f)| matches!(f, Fault::RedisCrash { down_ms } if now_ms >= *at && now_ms < at + down_ms))
+    }
+
+    /// The share of Copilot replies that misbehave at `now_ms`, if an episode is active.
+    pub fn copilot_misbehaves(&self, now_ms: u64) -> Option<u32> {
+        self.faults.iter().find_map(|(at, f)| match f {
+            Fault::CopilotMisbehaves { duration_ms, pct } if now_ms >= *at && now_ms < at + duration_ms => Some(*pct),
+            _ => None,
+        })
     }
 
     /// Duplicate-delivery percentages (concurrent, late) active at `now_ms`.

@@ -101,6 +101,10 @@ pub enum Ev {
         cid: String,
         latency_ms: u64,
         spike: bool,
+        /// How this reply broke the contract, during a misbehaviour episode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        misbehaviour: Option<String>,
+        /// What the reply lets a client extract (the payload, or the JSON in its text).
         payload: serde_json::Value,
     },
     /// Copilot was asked on behalf of `user` with another user's value in the context.

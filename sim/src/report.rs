@@ -49,7 +49,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 17] = [
+pub const COUNTERS: [&str; 18] = [
     "requests",
     "duplicate deliveries sent",
     "409 in flight",
@@ -59,6 +59,7 @@ pub const COUNTERS: [&str; 17] = [
     "commits rejected by fence",
     "lease lost while working",
     "copilot calls in a latency spike",
+    "copilot replies off the contract",
     "copilot calls failed or timed out",
     "submissions",
     "duplicate submissions de-duplicated",
@@ -82,7 +83,14 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::LeaseLost { .. } => bump("lease lost while working"),
             Ev::CommitRejected { .. } => bump("commits rejected by fence"),
             Ev::ModelCommit { .. } => bump("commits"),
-            Ev::CopilotReply { spike: true, .. } => bump("copilot calls in a latency spike"),
+            Ev::CopilotReply { spike, misbehaviour, .. } if *spike || misbehaviour.is_some() => {
+                if *spike {
+                    bump("copilot calls in a latency spike");
+                }
+                if misbehaviour.is_some() {
+                    bump("copilot replies off the contract");
+                }
+            }
             Ev::CopilotCalled { ok: false, .. } => bump("copilot calls failed or timed out"),
             Ev::SinkReceived { accepted: false, .. } => bump("duplicate submissions de-duplicated"),
             Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
@@ -239,9 +247,12 @@ pub fn describe(ev: &Ev) -> String {
             short(cid),
             record["state"]["step"].as_str().unwrap_or("?")
         ),
-        Ev::CopilotReply { cid, latency_ms, spike, payload } => {
-            format!("copilot c={} {latency_ms} ms{} {payload}", short(cid), if *spike { " (SPIKE)" } else { "" })
-        }
+        Ev::CopilotReply { cid, latency_ms, spike, misbehaviour, payload } => format!(
+            "copilot c={} {latency_ms} ms{}{} {payload}",
+            short(cid),
+            if *spike { " (SPIKE)" } else { "" },
+            misbehaviour.as_deref().map(|m| format!(" (MISBEHAVES: {m})")).unwrap_or_default()
+        ),
         Ev::CopilotSawForeignData { cid, user, field, value } => format!("copilot c={} for {user} SAW {field}={value}", short(cid)),
         Ev::CopilotBadContext { cid, error, .. } => format!("copilot c={} BAD CONTEXT: {error}", short(cid)),
         Ev::SinkReceived { cid, accepted, .. } => {

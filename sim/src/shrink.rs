@@ -28,6 +28,7 @@ fn halved(f: &Fault) -> Option<Fault> {
         Fault::CopilotLatencySpike { duration_ms, latency_ms } => {
             Fault::CopilotLatencySpike { duration_ms: half(*duration_ms)?, latency_ms: *latency_ms }
         }
+        Fault::CopilotMisbehaves { duration_ms, pct } => Fault::CopilotMisbehaves { duration_ms: half(*duration_ms)?, pct: *pct },
         Fault::Duplicates { duration_ms, concurrent_pct, late_pct } => {
             Fault::Duplicates { duration_ms: half(*duration_ms)?, concurrent_pct: *concurrent_pct, late_pct: *late_pct }
         }
