@@ -26,10 +26,17 @@ pub enum KnownBug {
     /// A commit refused by the fence (the lease lapsed and another turn wrote) is retried
     /// under a fresh lease with the state computed from the old load: a lost update.
     BlindRecommitAfterLeaseLoss,
+    /// The lease is trusted without fencing: a lost lease is ignored and the commit skips the
+    /// fence check, so a turn whose lease lapsed under a slow step overwrites a newer one.
+    NoFencing,
 }
 
+/// The fence a `NoFencing` turn commits with: `RedisStore` then sends the unfenced Commit
+/// (only in `known-bugs` builds; elsewhere fence 0 matches nothing and is refused).
+pub const UNFENCED: u64 = 0;
+
 impl KnownBug {
-    pub const ALL: [KnownBug; 8] = [
+    pub const ALL: [KnownBug; 9] = [
         KnownBug::StaleReplay,
         KnownBug::ConfidenceIgnored,
         KnownBug::UnknownSignalIgnored,
@@ -38,6 +45,7 @@ impl KnownBug {
         KnownBug::ContextPrefixWithoutSpaces,
         KnownBug::NoEffectsDeduplication,
         KnownBug::BlindRecommitAfterLeaseLoss,
+        KnownBug::NoFencing,
     ];
 }
 

@@ -27,6 +27,8 @@ struct Entry {
 enum ScriptKind {
     Begin,
     Commit,
+    /// The `NoFencing` known bug's Commit (no fence check).
+    CommitUnfenced,
     Release,
     Extend,
     Create,
@@ -82,6 +84,7 @@ impl Model {
         let known = [
             (scripts::BEGIN, ScriptKind::Begin),
             (scripts::COMMIT, ScriptKind::Commit),
+            (scripts::COMMIT_UNFENCED, ScriptKind::CommitUnfenced),
             (scripts::RELEASE, ScriptKind::Release),
             (scripts::EXTEND, ScriptKind::Extend),
             (scripts::CREATE, ScriptKind::Create),
@@ -346,20 +349,25 @@ impl Model {
                 }
                 Ok(Reply::Array(vec![Reply::bulk("busy"), Reply::Int(self.pttl(lock, now))]))
             }
-            ScriptKind::Commit => {
+            ScriptKind::Commit | ScriptKind::CommitUnfenced => {
                 need(4, 4)?;
                 let (state, lock, fence, idem) = (&keys[0], &keys[1], &keys[2], &keys[3]);
-                if self.get(fence, now)?.as_deref() != Some(&argv[0][..]) {
+                if kind == ScriptKind::Commit && self.get(fence, now)?.as_deref() != Some(&argv[0][..]) {
                     return Ok(Reply::Int(0));
                 }
                 self.hset(state, &[(b"record", &argv[1])], now)?;
                 self.set_px(idem, &argv[2], ms(&argv[3])?, now)?;
                 self.del(lock, now);
                 let key = s(state);
+                // An unfenced commit names no fence: the writer's own claim is all there is.
+                let applied_fence = match kind {
+                    ScriptKind::Commit => int_arg(&argv[0]).unwrap_or(-1) as u64,
+                    _ => serde_json::from_slice::<serde_json::Value>(&argv[1]).ok().and_then(|r| r["writerFence"].as_u64()).unwrap_or(0),
+                };
                 self.commits.push(AppliedCommit {
                     at_ms: self.stamp_ms,
                     cid: cid_of(&key),
-                    fence: int_arg(&argv[0]).unwrap_or(-1) as u64,
+                    fence: applied_fence,
                     idem_key: s(idem),
                     record: s(&argv[1]),
                 });
