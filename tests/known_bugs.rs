@@ -26,6 +26,8 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
         KnownBug::BlindRecommitAfterLeaseLoss => ("partitions", &[LOST_DATA, VALID_TRANSITIONS, FENCED_WRITER]),
         // A lease lapses under a slow turn, another writes, the first overwrites it.
         KnownBug::NoFencing => ("partitions", &[FENCED_WRITER]),
+        // Redis expires the lease early (clock jump) while the worker's clock says it holds.
+        KnownBug::TrustLocalClock => ("clocks", &[FENCED_WRITER]),
     }
 }
 
@@ -50,6 +52,11 @@ fn a_blind_recommit_after_lease_loss_is_caught_as_lost_or_unexplained_data() {
 #[test]
 fn no_fencing_is_caught_by_the_fenced_single_writer_check() {
     caught(KnownBug::NoFencing);
+}
+
+#[test]
+fn trusting_the_local_clock_is_caught_by_the_fenced_single_writer_check() {
+    caught(KnownBug::TrustLocalClock);
 }
 
 #[test]

@@ -29,6 +29,10 @@ pub enum KnownBug {
     /// The lease is trusted without fencing: a lost lease is ignored and the commit skips the
     /// fence check, so a turn whose lease lapsed under a slow step overwrites a newer one.
     NoFencing,
+    /// The worker's own clock decides whether its lease still holds: while it says the TTL has
+    /// not run out since the lease was taken, the commit skips the fence check. Redis's clock
+    /// (or a slow worker clock) disagrees, and a newer writer is overwritten.
+    TrustLocalClock,
 }
 
 /// The fence a `NoFencing` turn commits with: `RedisStore` then sends the unfenced Commit
@@ -36,7 +40,7 @@ pub enum KnownBug {
 pub const UNFENCED: u64 = 0;
 
 impl KnownBug {
-    pub const ALL: [KnownBug; 9] = [
+    pub const ALL: [KnownBug; 10] = [
         KnownBug::StaleReplay,
         KnownBug::ConfidenceIgnored,
         KnownBug::UnknownSignalIgnored,
@@ -46,6 +50,7 @@ impl KnownBug {
         KnownBug::NoEffectsDeduplication,
         KnownBug::BlindRecommitAfterLeaseLoss,
         KnownBug::NoFencing,
+        KnownBug::TrustLocalClock,
     ];
 }
 

@@ -368,6 +368,9 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         record: ConversationRecord,
     ) -> Result<TurnResponse, TurnError> {
         let cid = req.conversation_id.as_str();
+        // Read only by the `TrustLocalClock` known bug: when this worker's clock says it took
+        // the lease.
+        let acquired_local_ms = self.clock.now_ms();
         let record = if self.bug(KnownBug::ContextNotLoadedFromStore) {
             self.stale_cache.lock().unwrap_or_else(|p| p.into_inner()).get(cid).cloned().unwrap_or(record)
         } else {
@@ -436,7 +439,13 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         let commit = CommitArgs {
             cid,
             owner_token,
-            fence: if self.bug(KnownBug::NoFencing) { known_bugs::UNFENCED } else { fence },
+            fence: if self.bug(KnownBug::NoFencing)
+                || (self.bug(KnownBug::TrustLocalClock) && self.clock.now_ms() < acquired_local_ms + self.config.lease_ttl_ms)
+            {
+                known_bugs::UNFENCED
+            } else {
+                fence
+            },
             record: &next,
             idem_key,
             fingerprint: fp,

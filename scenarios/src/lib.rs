@@ -75,6 +75,15 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "clocks",
+        about: "Redis clock jumps and worker clocks that jump and drift, while Copilot is slow: only Redis's clock may decide a lease",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::RedisClockJump, FaultKind::WorkerClockSkew, FaultKind::CopilotLatencySpike];
+            o.concurrent_pct = r.random_range(20..=60);
+        },
+    },
+    Scenario {
         name: "crashes",
         about: "workers crash mid-turn and restart; Redis crashes and restarts without its script cache",
         build: |r, o| {

@@ -26,6 +26,10 @@ pub enum Fault {
     /// in-flight marker expires early (lock expiry under a working turn); backward, they live
     /// longer.
     RedisClockJump { delta_ms: i64 },
+    /// From `at` until the heal (when NTP puts it right), worker `worker`'s clock reads
+    /// `jump_ms` off simulated time plus `drift_pct` percent of the time since `at` (a fast or
+    /// slow clock). Leases live on Redis's clock, so this must not matter to safety.
+    WorkerClockSkew { worker: usize, jump_ms: i64, drift_pct: i32 },
     /// Worker `worker` crashes (its turns in progress and their leases are abandoned, its
     /// clients' requests go unanswered) and restarts after `down_ms`.
     WorkerCrash { worker: usize, down_ms: u64 },
@@ -42,17 +46,19 @@ pub enum FaultKind {
     Duplicates,
     RedisPartition,
     RedisClockJump,
+    WorkerClockSkew,
     WorkerCrash,
     RedisCrash,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::CopilotLatencySpike,
         FaultKind::CopilotMisbehaves,
         FaultKind::Duplicates,
         FaultKind::RedisPartition,
         FaultKind::RedisClockJump,
+        FaultKind::WorkerClockSkew,
         FaultKind::WorkerCrash,
         FaultKind::RedisCrash,
     ];
@@ -104,6 +110,11 @@ impl FaultPlan {
                             -rng.random_range(100..=lease_ttl_ms as i64)
                         },
                     },
+                    FaultKind::WorkerClockSkew => Fault::WorkerClockSkew {
+                        worker: rng.random_range(0..workers.max(1)),
+                        jump_ms: rng.random_range(-(lease_ttl_ms as i64) * 3..=lease_ttl_ms as i64 * 3),
+                        drift_pct: rng.random_range(-50..=50),
+                    },
                     FaultKind::WorkerCrash => Fault::WorkerCrash {
                         worker: rng.random_range(0..workers.max(1)),
                         down_ms: rng.random_range(100..=lease_ttl_ms * 2),
@@ -140,6 +151,28 @@ impl FaultPlan {
     /// The Redis host's clock at simulated time `now_ms`.
     pub fn redis_now_ms(&self, now_ms: u64) -> u64 {
         now_ms.saturating_add_signed(self.redis_clock_offset_ms(now_ms))
+    }
+
+    /// How far worker `worker`'s clock is off simulated time at `now_ms` (0 once healed).
+    pub fn worker_clock_offset_ms(&self, worker: usize, now_ms: u64, heal_at_ms: u64) -> i64 {
+        if now_ms >= heal_at_ms {
+            return 0;
+        }
+        self.faults
+            .iter()
+            .filter_map(|(at, f)| match f {
+                Fault::WorkerClockSkew { worker: w, jump_ms, drift_pct } if *w == worker && *at <= now_ms => {
+                    Some(jump_ms + (now_ms - at) as i64 * *drift_pct as i64 / 100)
+                }
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// Whether worker `worker`'s clock is off (a skew episode has begun and the heal has not).
+    pub fn worker_clock_skewed(&self, worker: usize, now_ms: u64, heal_at_ms: u64) -> bool {
+        now_ms < heal_at_ms
+            && self.faults.iter().any(|(at, f)| matches!(f, Fault::WorkerClockSkew { worker: w, .. } if *w == worker && *at <= now_ms))
     }
 
     /// What the plan wants for worker `worker` at `now_ms`; nothing once healed.
@@ -198,6 +231,16 @@ mod tests {
         assert_eq!(p.redis_now_ms(150), 5_150);
         assert_eq!(p.redis_now_ms(250), 0);
         assert_eq!(p.redis_now_ms(10_000), 7_000);
+    }
+
+    #[test]
+    fn a_worker_clock_jumps_drifts_and_is_put_right_at_the_heal() {
+        let p = FaultPlan { faults: vec![(1_000, Fault::WorkerClockSkew { worker: 1, jump_ms: -500, drift_pct: 10 })] };
+        assert_eq!(p.worker_clock_offset_ms(1, 999, 10_000), 0);
+        assert_eq!(p.worker_clock_offset_ms(1, 1_000, 10_000), -500);
+        assert_eq!(p.worker_clock_offset_ms(1, 6_000, 10_000), 0, "500 ms of drift caught up with the jump");
+        assert_eq!(p.worker_clock_offset_ms(0, 6_000, 10_000), 0, "another worker");
+        assert_eq!(p.worker_clock_offset_ms(1, 10_000, 10_000), 0, "healed");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub enum Ev {
     },
     /// The world applied a fault to a host (`host` is `redis` or `worker-N`): `what` is one
     /// of "crashed", "restarted", "cut off from redis", "redis replies lost",
-    /// "reconnected to redis".
+    /// "reconnected to redis", "clock skewed", "clock set right".
     HostFault {
         host: String,
         what: String,

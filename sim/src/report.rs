@@ -49,7 +49,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 18] = [
+pub const COUNTERS: [&str; 19] = [
     "requests",
     "duplicate deliveries sent",
     "409 in flight",
@@ -66,6 +66,7 @@ pub const COUNTERS: [&str; 18] = [
     "no-signal hand-offs",
     "redis partitions",
     "redis clock jumps",
+    "worker clock skews",
     "worker crashes",
     "redis crashes",
 ];
@@ -98,6 +99,7 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::HostFault { what, .. } if what == "cut off from redis" || what == "redis replies lost" => bump("redis partitions"),
             Ev::HostFault { host, what } if what == "crashed" => bump(if host == "redis" { "redis crashes" } else { "worker crashes" }),
             Ev::RedisClockJumped { .. } => bump("redis clock jumps"),
+            Ev::HostFault { what, .. } if what == "clock skewed" => bump("worker clock skews"),
             _ => {}
         }
     }

@@ -42,6 +42,12 @@ fn halved(f: &Fault) -> Option<Fault> {
             }
             Fault::RedisClockJump { delta_ms: d }
         }
+        Fault::WorkerClockSkew { worker, jump_ms, drift_pct } => {
+            if jump_ms.unsigned_abs() / 2 < DURATION_MIN_MS && drift_pct.abs() / 2 == 0 {
+                return None;
+            }
+            Fault::WorkerClockSkew { worker: *worker, jump_ms: jump_ms / 2, drift_pct: drift_pct / 2 }
+        }
         Fault::WorkerCrash { worker, down_ms } => Fault::WorkerCrash { worker: *worker, down_ms: half(*down_ms)? },
         Fault::RedisCrash { down_ms } => Fault::RedisCrash { down_ms: half(*down_ms)? },
     })

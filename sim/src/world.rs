@@ -14,7 +14,7 @@ use crate::redis_model::{self, Model};
 use crate::sink::SimSink;
 use orchestrator::http::{router, serve, Api};
 use orchestrator::store::{ConversationRecord, RedisConfig, RedisStore};
-use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TokioClock, TurnConfig};
+use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TurnConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,21 @@ pub struct RunOutput {
     pub error: Option<String>,
 }
 
+/// A worker host's own clock: simulated time as that host sees it, plus the plan's skew for
+/// the worker (jumps and drift, until the heal).
+struct WorkerClock {
+    plan: Arc<FaultPlan>,
+    worker: usize,
+    heal_at_ms: u64,
+}
+
+impl orchestrator::Clock for WorkerClock {
+    fn now_ms(&self) -> u64 {
+        let t = turmoil::elapsed().as_millis() as u64;
+        t.saturating_add_signed(self.plan.worker_clock_offset_ms(self.worker, t, self.heal_at_ms))
+    }
+}
+
 pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     let history = History::new();
     let mut turmoil_rng = stream(seed, STREAM_TURMOIL);
@@ -186,8 +201,10 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         let worker_seed: u64 = worker_rng.random();
         let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
         let copilot_timeout_ms = opts.copilot_timeout_ms;
+        let clock = Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms });
         sim.host(format!("worker-{w}"), move || {
             let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
+            let clock = clock.clone();
             async move {
                 let redis_cfg = RedisConfig {
                     connect_timeout_ms: 1_000,
@@ -200,8 +217,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
                 let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
                     .map_err(|e| e.to_string())?;
                 let observer = Arc::new(WorkerObserver { worker: name.clone(), history });
-                let orch = Orchestrator::new(store, copilot, sink, Arc::new(TokioClock::new()), SeededRng::from_seed(worker_seed), cfg)
-                    .with_observer(observer);
+                let orch = Orchestrator::new(store, copilot, sink, clock, SeededRng::from_seed(worker_seed), cfg).with_observer(observer);
                 let api = Arc::new(Api { orchestrator: orch, tokens });
                 let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
                 serve(listener, router(api)).await;
@@ -276,6 +292,7 @@ fn power_off(sim: &mut turmoil::Sim<'_>, all: &[String], host: &str) {
 fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan, history: &History) -> Option<String> {
     let all = host_names(opts);
     let mut applied = vec![HostFaults::default(); opts.workers];
+    let mut skewed = vec![false; opts.workers];
     let mut redis_down = false;
     let mut clock_offset = 0i64;
     loop {
@@ -325,6 +342,14 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
                 history.push_at(now, Ev::HostFault { host, what: what.into() });
             }
             *have = want;
+        }
+        for (w, was) in skewed.iter_mut().enumerate() {
+            let is = plan.worker_clock_skewed(w, now, opts.heal_at_ms);
+            if is != *was {
+                let what = if is { "clock skewed" } else { "clock set right" };
+                history.push_at(now, Ev::HostFault { host: format!("worker-{w}"), what: what.into() });
+                *was = is;
+            }
         }
         let offset = plan.redis_clock_offset_ms(now);
         if offset != clock_offset {
