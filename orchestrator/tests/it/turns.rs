@@ -271,27 +271,41 @@ impl Store for DownStore {
     }
 }
 
-/// A store whose commit fails once the conversation exists: the lease must be released.
-struct CommitFails(Arc<MemStore>);
-impl Store for CommitFails {
+/// A `MemStore` whose commits misbehave: `apply` says whether a commit reaches the store at
+/// all, `lose(args)` whether its answer is then replaced by a timeout.
+struct FlakyCommit<F> {
+    inner: Arc<MemStore>,
+    apply: bool,
+    lose: F,
+}
+impl<F: Fn(&CommitArgs<'_>) -> bool + Send + Sync + 'static> Store for FlakyCommit<F> {
     async fn create(&self, c: &str, r: &ConversationRecord) -> Result<bool, StoreError> {
-        self.0.create(c, r).await
+        self.inner.create(c, r).await
     }
     async fn load(&self, c: &str) -> Result<Option<ConversationRecord>, StoreError> {
-        self.0.load(c).await
+        self.inner.load(c).await
     }
     async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
-        self.0.begin(a).await
+        self.inner.begin(a).await
     }
-    async fn commit(&self, _: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
-        Err(StoreError::Unavailable("timeout".into()))
+    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        let r = if self.apply { self.inner.commit(a).await } else { Ok(CommitOutcome::Committed) };
+        if (self.lose)(a) {
+            return Err(StoreError::Unavailable("timeout: no answer".into()));
+        }
+        r
     }
     async fn release(&self, c: &str, t: &str, k: &str) -> Result<bool, StoreError> {
-        self.0.release(c, t, k).await
+        self.inner.release(c, t, k).await
     }
     async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
-        self.0.extend(c, t, k, ms).await
+        self.inner.extend(c, t, k, ms).await
     }
+}
+
+/// A store whose commit fails once the conversation exists: the lease must be released.
+fn commit_fails(mem: Arc<MemStore>) -> FlakyCommit<impl Fn(&CommitArgs<'_>) -> bool + Send + Sync + 'static> {
+    FlakyCommit { inner: mem, apply: false, lose: |_: &CommitArgs<'_>| true }
 }
 
 #[tokio::test]
@@ -310,7 +324,7 @@ async fn store_unavailable_is_503_with_retry_after_never_500() {
     // Commit failing after Begin: 503, and the lease and in-flight marker are released so the
     // retry runs at once instead of waiting out the TTL.
     let mem = Arc::new(MemStore::new(clock.clone()));
-    let failing = orch(CommitFails(mem.clone()), Arc::new(ScriptedCopilot::new()), clock.clone(), 1, TurnConfig::default());
+    let failing = orch(commit_fails(mem.clone()), Arc::new(ScriptedCopilot::new()), clock.clone(), 1, TurnConfig::default());
     let cid = failing.create("alice", "lead").await.unwrap();
     assert_eq!(failing.turn(&req(&cid, "alice", "k", "email is a@x.io")).await, Err(unavailable));
     let healthy = orch(mem.clone(), Arc::new(ScriptedCopilot::new()), clock, 2, TurnConfig::default());
@@ -395,38 +409,14 @@ async fn http_answers_every_status_in_the_design_on_loopback() {
     assert!(!http(&base, "GET", "/healthz", None, None, "").await.1.contains_key("date"), "no Date header");
 }
 
-/// A store that applies the commit making the conversation `succeeded` but loses its answer
-/// (the worker sees a timeout), once: the fault after which a submission used to be lost.
-struct SucceededCommitAnswerLost(Arc<MemStore>, std::sync::atomic::AtomicBool);
-impl Store for SucceededCommitAnswerLost {
-    async fn create(&self, c: &str, r: &ConversationRecord) -> Result<bool, StoreError> {
-        self.0.create(c, r).await
-    }
-    async fn load(&self, c: &str) -> Result<Option<ConversationRecord>, StoreError> {
-        self.0.load(c).await
-    }
-    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
-        self.0.begin(a).await
-    }
-    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
-        let r = self.0.commit(a).await;
-        if a.record.state.step == Step::Succeeded && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("timeout: the reply was lost".into()));
-        }
-        r
-    }
-    async fn release(&self, c: &str, t: &str, k: &str) -> Result<bool, StoreError> {
-        self.0.release(c, t, k).await
-    }
-    async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
-        self.0.extend(c, t, k, ms).await
-    }
-}
-
 #[tokio::test]
 async fn a_succeeded_commit_whose_answer_was_lost_is_submitted_once_on_the_retry() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let store = SucceededCommitAnswerLost(Arc::new(MemStore::new(clock.clone())), Default::default());
+    // The commit that makes the conversation `succeeded` applies, but its answer is lost, once.
+    let lost_once = std::sync::atomic::AtomicBool::new(false);
+    let lose =
+        move |a: &CommitArgs<'_>| a.record.state.step == Step::Succeeded && !lost_once.swap(true, std::sync::atomic::Ordering::SeqCst);
+    let store = FlakyCommit { inner: Arc::new(MemStore::new(clock.clone())), apply: true, lose };
     let o = orch(store, Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     for (i, q) in ["email is a@x.io", "phone is 555", "company is ACME"].iter().enumerate() {
