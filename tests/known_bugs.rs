@@ -28,6 +28,10 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
         KnownBug::NoFencing => ("partitions", &[FENCED_WRITER]),
         // Redis expires the lease early (clock jump) while the worker's clock says it holds.
         KnownBug::TrustLocalClock => ("clocks", &[FENCED_WRITER]),
+        // Concurrent turns on one conversation are enough.
+        KnownBug::NoLock => ("calm", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
+        // Needs a lease held past the acquire deadline: slow Copilot calls.
+        KnownBug::ProceedWhenLockFails => ("latency", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
     }
 }
 
@@ -57,6 +61,16 @@ fn no_fencing_is_caught_by_the_fenced_single_writer_check() {
 #[test]
 fn trusting_the_local_clock_is_caught_by_the_fenced_single_writer_check() {
     caught(KnownBug::TrustLocalClock);
+}
+
+#[test]
+fn no_lock_is_caught_by_the_fenced_single_writer_check() {
+    caught(KnownBug::NoLock);
+}
+
+#[test]
+fn proceeding_when_the_lock_fails_is_caught_by_the_fenced_single_writer_check() {
+    caught(KnownBug::ProceedWhenLockFails);
 }
 
 #[test]

@@ -33,6 +33,11 @@ pub enum KnownBug {
     /// not run out since the lease was taken, the commit skips the fence check. Redis's clock
     /// (or a slow worker clock) disagrees, and a newer writer is overwritten.
     TrustLocalClock,
+    /// A busy lease is not waited for: the turn works on the state as loaded and commits
+    /// without the fence check.
+    NoLock,
+    /// After the acquire deadline, instead of a 503, the turn proceeds as `NoLock` does.
+    ProceedWhenLockFails,
 }
 
 /// The fence a `NoFencing` turn commits with: `RedisStore` then sends the unfenced Commit
@@ -40,7 +45,7 @@ pub enum KnownBug {
 pub const UNFENCED: u64 = 0;
 
 impl KnownBug {
-    pub const ALL: [KnownBug; 10] = [
+    pub const ALL: [KnownBug; 12] = [
         KnownBug::StaleReplay,
         KnownBug::ConfidenceIgnored,
         KnownBug::UnknownSignalIgnored,
@@ -51,6 +56,8 @@ impl KnownBug {
         KnownBug::BlindRecommitAfterLeaseLoss,
         KnownBug::NoFencing,
         KnownBug::TrustLocalClock,
+        KnownBug::NoLock,
+        KnownBug::ProceedWhenLockFails,
     ];
 }
 

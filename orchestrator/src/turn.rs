@@ -305,13 +305,13 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         // 1. Begin, retrying a busy lease with jittered exponential backoff until the deadline.
         let started_ms = self.clock.now_ms();
         let mut backoff_ms = self.config.acquire_backoff_base_ms;
-        let (fence, record) = loop {
+        let (fence, record, leased) = loop {
             let outcome = self.store.begin(&args).await.map_err(|e| {
                 tracing::warn!(cid, error = %e, "begin failed");
                 self.unavailable(Unavailable::Store)
             })?;
             match outcome {
-                BeginOutcome::Acquired { fence, record } => break (fence, record),
+                BeginOutcome::Acquired { fence, record } => break (fence, record, true),
                 BeginOutcome::Replay { response, record } => {
                     if record.state.step == Step::Succeeded {
                         // The turn that made `succeeded` durable may have lost its answer, and
@@ -327,7 +327,15 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 BeginOutcome::NotFound => return Err(TurnError::NotFound),
                 BeginOutcome::Busy { retry_in_ms } => {
                     let waited = self.clock.now_ms().saturating_sub(started_ms);
-                    if waited >= self.config.acquire_deadline_ms {
+                    let gave_up = waited >= self.config.acquire_deadline_ms;
+                    if self.bug(KnownBug::NoLock) || (gave_up && self.bug(KnownBug::ProceedWhenLockFails)) {
+                        // The pitfalls: work without the lease, on the state as loaded now.
+                        match self.store.load(cid).await {
+                            Ok(Some(r)) => break (r.writer_fence, r, false),
+                            _ => return Err(self.unavailable(Unavailable::Store)),
+                        }
+                    }
+                    if gave_up {
                         return Err(self.unavailable(Unavailable::LockBusy));
                     }
                     let jittered = backoff_ms / 2 + self.rng.below(backoff_ms / 2 + 1);
@@ -337,16 +345,18 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 }
             }
         };
-        self.emit(|| ServerEvent::LeaseTaken {
-            cid: cid.into(),
-            user: req.user.clone(),
-            idem_key: idem_key.clone(),
-            fence,
-            version: record.state.version,
-        });
+        if leased {
+            self.emit(|| ServerEvent::LeaseTaken {
+                cid: cid.into(),
+                user: req.user.clone(),
+                idem_key: idem_key.clone(),
+                fence,
+                version: record.state.version,
+            });
+        }
 
         // 2.–5. Everything after Begin releases the lease on failure.
-        match self.locked_turn(req, &idem_key, &fp, &owner_token, fence, record).await {
+        match self.locked_turn(req, &idem_key, &fp, &owner_token, fence, leased, record).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 if let Err(err) = self.store.release(cid, &owner_token, &idem_key).await {
@@ -365,6 +375,8 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         fp: &str,
         owner_token: &str,
         fence: u64,
+        // False only under the `NoLock` / `ProceedWhenLockFails` known bugs.
+        leased: bool,
         record: ConversationRecord,
     ) -> Result<TurnResponse, TurnError> {
         let cid = req.conversation_id.as_str();
@@ -383,7 +395,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             text = text.replacen(' ', "", 3);
         }
         let creq = CopilotRequest { conversation_id: cid.into(), user_id: req.user.clone(), text };
-        let reply = self.call_copilot(&creq, cid, owner_token, idem_key, fence).await?;
+        let reply = self.call_copilot(&creq, cid, owner_token, idem_key, fence, leased).await?;
         let wf = workflow::workflow(&record.state.workflow).ok_or(TurnError::NotFound)?;
 
         // 4. Extract → events → machine.
@@ -439,7 +451,8 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         let commit = CommitArgs {
             cid,
             owner_token,
-            fence: if self.bug(KnownBug::NoFencing)
+            fence: if !leased
+                || self.bug(KnownBug::NoFencing)
                 || (self.bug(KnownBug::TrustLocalClock) && self.clock.now_ms() < acquired_local_ms + self.config.lease_ttl_ms)
             {
                 known_bugs::UNFENCED
@@ -536,6 +549,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         owner_token: &str,
         idem_key: &str,
         fence: u64,
+        leased: bool,
     ) -> Result<crate::copilot::CopilotReply, TurnError> {
         let call = tokio::time::timeout(Duration::from_millis(self.config.copilot_timeout_ms), self.copilot.reply(creq));
         tokio::pin!(call);
@@ -568,7 +582,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 _ = tick => {
                     match self.store.extend(cid, owner_token, idem_key, self.config.lease_ttl_ms).await {
                         Ok(true) => {}
-                        Ok(false) if self.bug(KnownBug::NoFencing) => {}
+                        Ok(false) if !leased || self.bug(KnownBug::NoFencing) => {}
                         Ok(false) => {
                             tracing::warn!(cid, fence, "lease lost during the copilot call");
                             self.emit(|| ServerEvent::LeaseLost { cid: cid.into(), fence });
