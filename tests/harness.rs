@@ -84,13 +84,13 @@ fn a_crash_seed_gives_the_same_trace_whatever_ran_before_it() {
 }
 
 /// The faults reach the protocol's hard paths: leases lapse under working turns, stale
-/// commits are refused by the fence, clocks are off, workers and Redis crash and come back.
-/// Counted over the first seeds of `partitions`, `crashes` and `clocks`, with every invariant
-/// holding.
+/// commits are refused by the fence, clocks are off, client links drop answers, workers and
+/// Redis crash and come back. Counted over the first seeds of `partitions`, `crashes`, `clocks`
+/// and `links`, with every invariant holding.
 #[test]
 fn partitions_clock_jumps_and_crashes_reach_lease_loss_and_fence_rejection() {
     let mut total = std::collections::BTreeMap::<&str, u64>::new();
-    for (name, seeds) in [("partitions", 0..60u64), ("crashes", 0..20u64), ("clocks", 0..10u64)] {
+    for (name, seeds) in [("partitions", 0..60u64), ("crashes", 0..20u64), ("clocks", 0..10u64), ("links", 0..10u64)] {
         let sc = find(name).unwrap();
         for seed in seeds {
             let v = sc.run(seed);
@@ -104,6 +104,7 @@ fn partitions_clock_jumps_and_crashes_reach_lease_loss_and_fence_rejection() {
         "lease lost while working",
         "commits rejected by fence",
         "redis partitions",
+        "client links cut",
         "redis clock jumps",
         "worker crashes",
         "redis crashes",

@@ -92,6 +92,15 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "links",
+        about: "client-worker links cut or losing the workers' answers: applied turns whose answer never came are retried and must replay",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::ClientPartition];
+            o.concurrent_pct = r.random_range(20..=60);
+        },
+    },
+    Scenario {
         name: "calm",
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {

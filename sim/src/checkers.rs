@@ -30,6 +30,7 @@ pub const CONTEXT_WELL_FORMED: &str = "10 Copilot context well-formed";
 struct Call<'a> {
     at_ms: u64,
     req: u64,
+    client: &'a str,
     user: &'a str,
     worker: &'a str,
     op: &'a str,
@@ -42,9 +43,11 @@ fn calls(h: &[Entry]) -> Vec<Call<'_>> {
     let mut by_req: BTreeMap<u64, Call<'_>> = BTreeMap::new();
     for e in h {
         match &e.ev {
-            Ev::Invoke { req, user, worker, op, key, .. } => {
-                by_req
-                    .insert(*req, Call { at_ms: e.t_ms, req: *req, user, worker, op, key: key.as_deref(), answer: None, no_answer: None });
+            Ev::Invoke { req, client, user, worker, op, key, .. } => {
+                by_req.insert(
+                    *req,
+                    Call { at_ms: e.t_ms, req: *req, client, user, worker, op, key: key.as_deref(), answer: None, no_answer: None },
+                );
             }
             Ev::Response { req, status, retry_after, body } => {
                 if let Some(c) = by_req.get_mut(req) {
@@ -380,14 +383,41 @@ fn down_windows(h: &[Entry]) -> BTreeMap<&str, Vec<(u64, u64)>> {
     w
 }
 
+/// When each client↔worker link was cut (either way), keyed `(client, worker)`.
+fn cut_windows(h: &[Entry]) -> BTreeMap<(&str, &str), Vec<(u64, u64)>> {
+    let mut w: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
+    for e in h {
+        if let Ev::HostFault { host, what } = &e.ev {
+            let (cut, worker) = match what.split_once(" worker-") {
+                Some(_) if what.starts_with("cut off from ") => (true, &what["cut off from ".len()..]),
+                Some(_) if what.starts_with("replies from ") => (true, &what["replies from ".len()..what.len() - " lost".len()]),
+                Some(_) if what.starts_with("reconnected to ") => (false, &what["reconnected to ".len()..]),
+                _ => continue,
+            };
+            let ws = w.entry((host.as_str(), worker)).or_default();
+            match (cut, ws.last_mut()) {
+                // A change of kind (both ways ↔ replies lost) continues the same cut.
+                (true, Some(last)) if last.1 == u64::MAX => {}
+                (true, _) => ws.push((e.t_ms, u64::MAX)),
+                (false, Some(last)) => last.1 = e.t_ms,
+                (false, None) => {}
+            }
+        }
+    }
+    w
+}
+
 /// 8. Every request is answered; never with a 5xx other than 503, and a 503 says when to retry.
-/// A request to a worker that crashed while it waited may go unanswered (its client times out
-/// and retries); any other request may not.
+/// A request may go unanswered (its client times out and retries) only if its worker crashed,
+/// or the link between its client and its worker was cut, while it waited.
 pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
     let down = down_windows(&out.history);
-    let crashed_meanwhile =
-        |worker: &str, from: u64, to: u64| down.get(worker).is_some_and(|ws| ws.iter().any(|(a, b)| *a <= to && *b >= from));
+    let cut = cut_windows(&out.history);
+    let overlaps = |ws: Option<&Vec<(u64, u64)>>, from: u64, to: u64| ws.is_some_and(|ws| ws.iter().any(|(a, b)| *a <= to && *b >= from));
+    let crashed_meanwhile = |client: &str, worker: &str, from: u64, to: u64| {
+        overlaps(down.get(worker), from, to) || overlaps(cut.get(&(client, worker)), from, to)
+    };
     if let Some(err) = &out.error {
         found.push(v(NO_500_NO_HANG, out.sim_ms, format!("the run did not finish: {err}")));
     }
@@ -408,7 +438,7 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
                 ));
             }
             (Some(_), _) => {}
-            (None, Some((t, _))) if crashed_meanwhile(c.worker, c.at_ms, t) => {}
+            (None, Some((t, _))) if crashed_meanwhile(c.client, c.worker, c.at_ms, t) => {}
             (None, Some((_, reason))) => found.push(v(
                 NO_500_NO_HANG,
                 c.at_ms,
@@ -817,5 +847,22 @@ mod tests {
         assert!(unanswered("worker-0", 0, None).is_empty(), "its worker crashed and never came back");
         assert!(!unanswered("worker-1", 3, Some(9)).is_empty(), "another worker's crash excuses nothing");
         assert!(!unanswered("worker-0", 20, Some(30)).is_empty(), "a crash after the answer was due excuses nothing");
+    }
+
+    #[test]
+    fn an_unanswered_request_is_excused_by_a_cut_of_its_own_client_worker_link_meanwhile() {
+        let unanswered = |client: &str, what: &str, at: u64| {
+            let mut out = clean();
+            out.history[3].ev = Ev::NoResponse { req: 0, reason: "no answer within 20000 ms".into() };
+            out.history.push(Entry { t_ms: at, ev: Ev::HostFault { host: client.into(), what: what.into() } });
+            out.history.push(Entry { t_ms: at + 2, ev: Ev::HostFault { host: client.into(), what: "reconnected to worker-0".into() } });
+            out.history.sort_by_key(|e| e.t_ms);
+            no_500_no_hang(&out)
+        };
+        assert!(unanswered("client-0", "replies from worker-0 lost", 3).is_empty());
+        assert!(unanswered("client-0", "cut off from worker-0", 3).is_empty());
+        assert!(!unanswered("client-1", "cut off from worker-0", 3).is_empty(), "another client's link");
+        assert!(!unanswered("client-0", "cut off from worker-1", 3).is_empty(), "another worker's link");
+        assert!(!unanswered("client-0", "cut off from worker-0", 20).is_empty(), "cut after the answer was due");
     }
 }

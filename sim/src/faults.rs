@@ -30,6 +30,10 @@ pub enum Fault {
     /// `jump_ms` off simulated time plus `drift_pct` percent of the time since `at` (a fast or
     /// slow clock). Leases live on Redis's clock, so this must not matter to safety.
     WorkerClockSkew { worker: usize, jump_ms: i64, drift_pct: i32 },
+    /// For `duration_ms`, the link between client `client` and worker `worker` is cut both
+    /// ways, or (`oneway`) only the worker's answers are lost: the turn applies, its client
+    /// never hears, times out and retries the same key. Connections on the link stall.
+    ClientPartition { client: usize, worker: usize, duration_ms: u64, oneway: bool },
     /// Worker `worker` crashes (its turns in progress and their leases are abandoned, its
     /// clients' requests go unanswered) and restarts after `down_ms`.
     WorkerCrash { worker: usize, down_ms: u64 },
@@ -44,6 +48,7 @@ pub enum FaultKind {
     CopilotLatencySpike,
     CopilotMisbehaves,
     Duplicates,
+    ClientPartition,
     RedisPartition,
     RedisClockJump,
     WorkerClockSkew,
@@ -52,10 +57,11 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::CopilotLatencySpike,
         FaultKind::CopilotMisbehaves,
         FaultKind::Duplicates,
+        FaultKind::ClientPartition,
         FaultKind::RedisPartition,
         FaultKind::RedisClockJump,
         FaultKind::WorkerClockSkew,
@@ -83,7 +89,7 @@ pub const EPISODES_PER_KIND_MAX: u32 = 4;
 impl FaultPlan {
     /// A plan over `[0, safety_ms)` with episodes of the enabled kinds for `workers` workers;
     /// spikes exceed `lease_ttl_ms`, and so do most partitions and clock jumps.
-    pub fn generate(rng: &mut ChaCha8Rng, kinds: &[FaultKind], safety_ms: u64, lease_ttl_ms: u64, workers: usize) -> Self {
+    pub fn generate(rng: &mut ChaCha8Rng, kinds: &[FaultKind], safety_ms: u64, lease_ttl_ms: u64, workers: usize, clients: usize) -> Self {
         let mut faults = Vec::new();
         for kind in kinds {
             let episodes = rng.random_range(1..=EPISODES_PER_KIND_MAX);
@@ -98,6 +104,12 @@ impl FaultPlan {
                     FaultKind::Duplicates => {
                         Fault::Duplicates { duration_ms, concurrent_pct: rng.random_range(10..=60), late_pct: rng.random_range(10..=60) }
                     }
+                    FaultKind::ClientPartition => Fault::ClientPartition {
+                        client: rng.random_range(0..clients.max(1)),
+                        worker: rng.random_range(0..workers.max(1)),
+                        duration_ms: rng.random_range(200..=lease_ttl_ms * 3),
+                        oneway: rng.random_bool(0.6),
+                    },
                     FaultKind::RedisPartition => Fault::RedisPartition {
                         worker: rng.random_range(0..workers.max(1)),
                         duration_ms: rng.random_range(200..=lease_ttl_ms * 3),
@@ -192,6 +204,23 @@ impl FaultPlan {
             }
         }
         h
+    }
+
+    /// The link between client `client` and worker `worker` at `now_ms`: `Some(false)` cut
+    /// both ways, `Some(true)` the worker's answers lost, `None` whole (always after the heal).
+    pub fn client_link(&self, client: usize, worker: usize, now_ms: u64, heal_at_ms: u64) -> Option<bool> {
+        if now_ms >= heal_at_ms {
+            return None;
+        }
+        let mut cut = None;
+        for (at, f) in &self.faults {
+            if let Fault::ClientPartition { client: c, worker: w, duration_ms, oneway } = f {
+                if *c == client && *w == worker && now_ms >= *at && now_ms < at + duration_ms {
+                    cut = Some(cut.unwrap_or(true) && *oneway);
+                }
+            }
+        }
+        cut
     }
 
     /// Whether Redis should be down at `now_ms`; never once healed.

@@ -122,7 +122,8 @@ pub enum Ev {
     },
     /// The world applied a fault to a host (`host` is `redis` or `worker-N`): `what` is one
     /// of "crashed", "restarted", "cut off from redis", "redis replies lost",
-    /// "reconnected to redis", "clock skewed", "clock set right".
+    /// "reconnected to redis", "clock skewed", "clock set right"; for a client host also
+    /// "cut off from worker-N", "replies from worker-N lost", "reconnected to worker-N".
     HostFault {
         host: String,
         what: String,

@@ -49,7 +49,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 19] = [
+pub const COUNTERS: [&str; 20] = [
     "requests",
     "duplicate deliveries sent",
     "409 in flight",
@@ -65,6 +65,7 @@ pub const COUNTERS: [&str; 19] = [
     "duplicate submissions de-duplicated",
     "no-signal hand-offs",
     "redis partitions",
+    "client links cut",
     "redis clock jumps",
     "worker clock skews",
     "worker crashes",
@@ -97,6 +98,9 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
             Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => bump("no-signal hand-offs"),
             Ev::HostFault { what, .. } if what == "cut off from redis" || what == "redis replies lost" => bump("redis partitions"),
+            Ev::HostFault { what, .. } if what.starts_with("cut off from worker-") || what.starts_with("replies from worker-") => {
+                bump("client links cut")
+            }
             Ev::HostFault { host, what } if what == "crashed" => bump(if host == "redis" { "redis crashes" } else { "worker crashes" }),
             Ev::RedisClockJumped { .. } => bump("redis clock jumps"),
             Ev::HostFault { what, .. } if what == "clock skewed" => bump("worker clock skews"),

@@ -32,6 +32,9 @@ fn halved(f: &Fault) -> Option<Fault> {
         Fault::Duplicates { duration_ms, concurrent_pct, late_pct } => {
             Fault::Duplicates { duration_ms: half(*duration_ms)?, concurrent_pct: *concurrent_pct, late_pct: *late_pct }
         }
+        Fault::ClientPartition { client, worker, duration_ms, oneway } => {
+            Fault::ClientPartition { client: *client, worker: *worker, duration_ms: half(*duration_ms)?, oneway: *oneway }
+        }
         Fault::RedisPartition { worker, duration_ms, oneway } => {
             Fault::RedisPartition { worker: *worker, duration_ms: half(*duration_ms)?, oneway: *oneway }
         }

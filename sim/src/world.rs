@@ -110,7 +110,7 @@ pub const STREAM_TURMOIL: u64 = 4;
 pub const STREAM_OPTIONS: u64 = 5;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
-    FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers)
+    FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +293,8 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
     let all = host_names(opts);
     let mut applied = vec![HostFaults::default(); opts.workers];
     let mut skewed = vec![false; opts.workers];
+    // Client c ↔ worker w link state as applied, at [c * workers + w].
+    let mut links: Vec<Option<bool>> = vec![None; opts.clients * opts.workers];
     let mut redis_down = false;
     let mut clock_offset = 0i64;
     loop {
@@ -319,6 +321,10 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
                 if want.down {
                     power_off(sim, &all, &host);
                     have.redis_partition = None;
+                    // The power-off repaired the worker's client links too.
+                    for c in 0..opts.clients {
+                        links[c * opts.workers + w] = None;
+                    }
                 } else {
                     sim.bounce(host.as_str());
                 }
@@ -342,6 +348,32 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
                 history.push_at(now, Ev::HostFault { host, what: what.into() });
             }
             *have = want;
+        }
+        for c in 0..opts.clients {
+            for w in 0..opts.workers {
+                let want = plan.client_link(c, w, now, opts.heal_at_ms);
+                let have = &mut links[c * opts.workers + w];
+                if want == *have {
+                    continue;
+                }
+                let (client, worker) = (format!("client-{c}"), format!("worker-{w}"));
+                if have.is_some() {
+                    sim.repair(client.as_str(), worker.as_str());
+                }
+                let what = match want {
+                    Some(false) => {
+                        sim.partition(client.as_str(), worker.as_str());
+                        format!("cut off from {worker}")
+                    }
+                    Some(true) => {
+                        sim.partition_oneway(worker.as_str(), client.as_str());
+                        format!("replies from {worker} lost")
+                    }
+                    None => format!("reconnected to {worker}"),
+                };
+                history.push_at(now, Ev::HostFault { host: client, what });
+                *have = want;
+            }
         }
         for (w, was) in skewed.iter_mut().enumerate() {
             let is = plan.worker_clock_skewed(w, now, opts.heal_at_ms);
