@@ -2,7 +2,7 @@
 //! each returns the violations it found with the evidence a person needs to start debugging.
 //! Every checker has a test below that feeds it a doctored history and watches it fire.
 
-use crate::history::{Entry, Ev};
+use crate::history::{Entry, Ev, HostChange};
 use crate::world::RunOutput;
 use orchestrator::workflow::{Step, NO_SIGNAL_STREAK_MAX};
 use serde::Serialize;
@@ -368,39 +368,33 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
 fn down_windows(h: &[Entry]) -> BTreeMap<&str, Vec<(u64, u64)>> {
     let mut w: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for e in h {
-        if let Ev::HostFault { host, what } = &e.ev {
-            match what.as_str() {
-                "crashed" => w.entry(host.as_str()).or_default().push((e.t_ms, u64::MAX)),
-                "restarted" => {
-                    if let Some(last) = w.entry(host.as_str()).or_default().last_mut() {
-                        last.1 = e.t_ms;
-                    }
+        match &e.ev {
+            Ev::HostFault { host, change: HostChange::Crashed } => w.entry(host.as_str()).or_default().push((e.t_ms, u64::MAX)),
+            Ev::HostFault { host, change: HostChange::Restarted } => {
+                if let Some(last) = w.entry(host.as_str()).or_default().last_mut() {
+                    last.1 = e.t_ms;
                 }
-                _ => {}
             }
+            _ => {}
         }
     }
     w
 }
 
-/// When each client↔worker link was cut (either way), keyed `(client, worker)`.
+/// When each link was broken (cut, or losing what one side sends), keyed `(host, peer)`.
 fn cut_windows(h: &[Entry]) -> BTreeMap<(&str, &str), Vec<(u64, u64)>> {
     let mut w: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
     for e in h {
-        if let Ev::HostFault { host, what } = &e.ev {
-            let (cut, worker) = match what.split_once(" worker-") {
-                Some(_) if what.starts_with("cut off from ") => (true, &what["cut off from ".len()..]),
-                Some(_) if what.starts_with("replies from ") => (true, &what["replies from ".len()..what.len() - " lost".len()]),
-                Some(_) if what.starts_with("reconnected to ") => (false, &what["reconnected to ".len()..]),
-                _ => continue,
-            };
-            let ws = w.entry((host.as_str(), worker)).or_default();
-            match (cut, ws.last_mut()) {
-                // A change of kind (both ways ↔ replies lost) continues the same cut.
-                (true, Some(last)) if last.1 == u64::MAX => {}
-                (true, _) => ws.push((e.t_ms, u64::MAX)),
-                (false, Some(last)) => last.1 = e.t_ms,
-                (false, None) => {}
+        let Ev::HostFault { host, change } = &e.ev else { continue };
+        if let Some(peer) = change.broken_link() {
+            let ws = w.entry((host.as_str(), peer)).or_default();
+            // A change of kind (both ways <-> one way) continues the same break.
+            if ws.last().is_none_or(|last| last.1 != u64::MAX) {
+                ws.push((e.t_ms, u64::MAX));
+            }
+        } else if let HostChange::Reconnected { peer } = change {
+            if let Some(last) = w.entry((host.as_str(), peer.as_str())).or_default().last_mut() {
+                last.1 = e.t_ms;
             }
         }
     }
@@ -836,9 +830,9 @@ mod tests {
         let unanswered = |crashed: &str, at: u64, restarted: Option<u64>| {
             let mut out = clean();
             out.history[3].ev = Ev::NoResponse { req: 0, reason: "connect: connection refused".into() };
-            out.history.insert(1, Entry { t_ms: at, ev: Ev::HostFault { host: crashed.into(), what: "crashed".into() } });
+            out.history.insert(1, Entry { t_ms: at, ev: Ev::HostFault { host: crashed.into(), change: HostChange::Crashed } });
             if let Some(t) = restarted {
-                out.history.push(Entry { t_ms: t, ev: Ev::HostFault { host: crashed.into(), what: "restarted".into() } });
+                out.history.push(Entry { t_ms: t, ev: Ev::HostFault { host: crashed.into(), change: HostChange::Restarted } });
             }
             out.history.sort_by_key(|e| e.t_ms);
             no_500_no_hang(&out)
@@ -851,18 +845,20 @@ mod tests {
 
     #[test]
     fn an_unanswered_request_is_excused_by_a_cut_of_its_own_client_worker_link_meanwhile() {
-        let unanswered = |client: &str, what: &str, at: u64| {
+        let unanswered = |client: &str, change: HostChange, at: u64| {
             let mut out = clean();
             out.history[3].ev = Ev::NoResponse { req: 0, reason: "no answer within 20000 ms".into() };
-            out.history.push(Entry { t_ms: at, ev: Ev::HostFault { host: client.into(), what: what.into() } });
-            out.history.push(Entry { t_ms: at + 2, ev: Ev::HostFault { host: client.into(), what: "reconnected to worker-0".into() } });
+            out.history.push(Entry { t_ms: at, ev: Ev::HostFault { host: client.into(), change } });
+            let back = HostChange::Reconnected { peer: "worker-0".into() };
+            out.history.push(Entry { t_ms: at + 2, ev: Ev::HostFault { host: client.into(), change: back } });
             out.history.sort_by_key(|e| e.t_ms);
             no_500_no_hang(&out)
         };
-        assert!(unanswered("client-0", "replies from worker-0 lost", 3).is_empty());
-        assert!(unanswered("client-0", "cut off from worker-0", 3).is_empty());
-        assert!(!unanswered("client-1", "cut off from worker-0", 3).is_empty(), "another client's link");
-        assert!(!unanswered("client-0", "cut off from worker-1", 3).is_empty(), "another worker's link");
-        assert!(!unanswered("client-0", "cut off from worker-0", 20).is_empty(), "cut after the answer was due");
+        let cut = |w: &str| HostChange::CutOff { peer: w.into() };
+        assert!(unanswered("client-0", HostChange::RepliesLost { peer: "worker-0".into() }, 3).is_empty());
+        assert!(unanswered("client-0", cut("worker-0"), 3).is_empty());
+        assert!(!unanswered("client-1", cut("worker-0"), 3).is_empty(), "another client's link");
+        assert!(!unanswered("client-0", cut("worker-1"), 3).is_empty(), "another worker's link");
+        assert!(!unanswered("client-0", cut("worker-0"), 20).is_empty(), "cut after the answer was due");
     }
 }

@@ -120,13 +120,10 @@ pub enum Ev {
         error: String,
         text: String,
     },
-    /// The world applied a fault to a host (`host` is `redis` or `worker-N`): `what` is one
-    /// of "crashed", "restarted", "cut off from redis", "redis replies lost",
-    /// "reconnected to redis", "clock skewed", "clock set right"; for a client host also
-    /// "cut off from worker-N", "replies from worker-N lost", "reconnected to worker-N".
+    /// The world applied a fault to a host (`redis`, `worker-N` or `client-N`).
     HostFault {
         host: String,
-        what: String,
+        change: HostChange,
     },
     /// The Redis host's clock jumped by `delta_ms`; it is now `offset_ms` off simulated time.
     RedisClockJumped {
@@ -140,6 +137,53 @@ pub enum Ev {
         accepted: bool,
         data: serde_json::Value,
     },
+}
+
+/// What happened to a host in a [`Ev::HostFault`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum HostChange {
+    /// Powered off: nothing it sends while dying leaves it.
+    Crashed,
+    Restarted,
+    /// Cut off from `peer` both ways.
+    CutOff {
+        peer: String,
+    },
+    /// What `peer` sends to this host is lost; the other way still works.
+    RepliesLost {
+        peer: String,
+    },
+    /// The link to `peer` is whole again.
+    Reconnected {
+        peer: String,
+    },
+    ClockSkewed,
+    ClockSetRight,
+}
+
+impl HostChange {
+    /// The peer of a link change that breaks the link (cut, or replies lost).
+    pub fn broken_link(&self) -> Option<&str> {
+        match self {
+            HostChange::CutOff { peer } | HostChange::RepliesLost { peer } => Some(peer),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for HostChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostChange::Crashed => write!(f, "crashed"),
+            HostChange::Restarted => write!(f, "restarted"),
+            HostChange::CutOff { peer } => write!(f, "cut off from {peer}"),
+            HostChange::RepliesLost { peer } => write!(f, "loses what {peer} sends"),
+            HostChange::Reconnected { peer } => write!(f, "reconnected to {peer}"),
+            HostChange::ClockSkewed => write!(f, "clock skewed"),
+            HostChange::ClockSetRight => write!(f, "clock set right"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use crate::checkers::{check, Violation};
 use crate::faults::FaultPlan;
-use crate::history::{json_lines, trace_hash, Entry, Ev};
+use crate::history::{json_lines, trace_hash, Entry, Ev, HostChange};
 use crate::world::{self, Options};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -97,13 +97,11 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::SinkReceived { accepted: false, .. } => bump("duplicate submissions de-duplicated"),
             Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
             Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => bump("no-signal hand-offs"),
-            Ev::HostFault { what, .. } if what == "cut off from redis" || what == "redis replies lost" => bump("redis partitions"),
-            Ev::HostFault { what, .. } if what.starts_with("cut off from worker-") || what.starts_with("replies from worker-") => {
-                bump("client links cut")
-            }
-            Ev::HostFault { host, what } if what == "crashed" => bump(if host == "redis" { "redis crashes" } else { "worker crashes" }),
+            Ev::HostFault { change, .. } if change.broken_link() == Some("redis") => bump("redis partitions"),
+            Ev::HostFault { change, .. } if change.broken_link().is_some_and(|p| p.starts_with("worker-")) => bump("client links cut"),
+            Ev::HostFault { host, change: HostChange::Crashed } => bump(if host == "redis" { "redis crashes" } else { "worker crashes" }),
             Ev::RedisClockJumped { .. } => bump("redis clock jumps"),
-            Ev::HostFault { what, .. } if what == "clock skewed" => bump("worker clock skews"),
+            Ev::HostFault { change: HostChange::ClockSkewed, .. } => bump("worker clock skews"),
             _ => {}
         }
     }
@@ -264,7 +262,7 @@ pub fn describe(ev: &Ev) -> String {
         Ev::SinkReceived { cid, accepted, .. } => {
             format!("sink c={} {}", short(cid), if *accepted { "accepted" } else { "duplicate ignored" })
         }
-        Ev::HostFault { host, what } => format!("FAULT {host} {what}"),
+        Ev::HostFault { host, change } => format!("FAULT {host} {change}"),
         Ev::RedisClockJumped { delta_ms, offset_ms } => format!("FAULT redis clock jumped {delta_ms:+} ms (now {offset_ms:+} ms off)"),
     }
 }

@@ -8,7 +8,7 @@
 use crate::client::{run_client, token_of, Shared};
 use crate::copilot_host::{self, CopilotHost};
 use crate::faults::{FaultKind, FaultPlan, HostFaults};
-use crate::history::{Entry, Ev, History, WorkerObserver};
+use crate::history::{Entry, Ev, History, HostChange, WorkerObserver};
 use crate::net::{TurmoilConnector, TurmoilListener};
 use crate::redis_model::{self, Model};
 use crate::sink::SimSink;
@@ -311,7 +311,8 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
             } else {
                 sim.bounce("redis");
             }
-            history.push_at(now, Ev::HostFault { host: "redis".into(), what: if want_down { "crashed" } else { "restarted" }.into() });
+            let change = if want_down { HostChange::Crashed } else { HostChange::Restarted };
+            history.push_at(now, Ev::HostFault { host: "redis".into(), change });
             redis_down = want_down;
         }
         for (w, have) in applied.iter_mut().enumerate() {
@@ -328,24 +329,26 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
                 } else {
                     sim.bounce(host.as_str());
                 }
-                history.push_at(now, Ev::HostFault { host: host.clone(), what: if want.down { "crashed" } else { "restarted" }.into() });
+                let change = if want.down { HostChange::Crashed } else { HostChange::Restarted };
+                history.push_at(now, Ev::HostFault { host: host.clone(), change });
             }
             if want.redis_partition != have.redis_partition {
                 if have.redis_partition.is_some() {
                     sim.repair(host.as_str(), "redis");
                 }
-                let what = match want.redis_partition {
+                let peer = "redis".to_string();
+                let change = match want.redis_partition {
                     Some(false) => {
                         sim.partition(host.as_str(), "redis");
-                        "cut off from redis"
+                        HostChange::CutOff { peer }
                     }
                     Some(true) => {
                         sim.partition_oneway("redis", host.as_str());
-                        "redis replies lost"
+                        HostChange::RepliesLost { peer }
                     }
-                    None => "reconnected to redis",
+                    None => HostChange::Reconnected { peer },
                 };
-                history.push_at(now, Ev::HostFault { host, what: what.into() });
+                history.push_at(now, Ev::HostFault { host, change });
             }
             *have = want;
         }
@@ -360,26 +363,26 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
                 if have.is_some() {
                     sim.repair(client.as_str(), worker.as_str());
                 }
-                let what = match want {
+                let change = match want {
                     Some(false) => {
                         sim.partition(client.as_str(), worker.as_str());
-                        format!("cut off from {worker}")
+                        HostChange::CutOff { peer: worker }
                     }
                     Some(true) => {
                         sim.partition_oneway(worker.as_str(), client.as_str());
-                        format!("replies from {worker} lost")
+                        HostChange::RepliesLost { peer: worker }
                     }
-                    None => format!("reconnected to {worker}"),
+                    None => HostChange::Reconnected { peer: worker },
                 };
-                history.push_at(now, Ev::HostFault { host: client, what });
+                history.push_at(now, Ev::HostFault { host: client, change });
                 *have = want;
             }
         }
         for (w, was) in skewed.iter_mut().enumerate() {
             let is = plan.worker_clock_skewed(w, now, opts.heal_at_ms);
             if is != *was {
-                let what = if is { "clock skewed" } else { "clock set right" };
-                history.push_at(now, Ev::HostFault { host: format!("worker-{w}"), what: what.into() });
+                let change = if is { HostChange::ClockSkewed } else { HostChange::ClockSetRight };
+                history.push_at(now, Ev::HostFault { host: format!("worker-{w}"), change });
                 *was = is;
             }
         }
