@@ -11,7 +11,6 @@
 //! - [`copilot`] — the `Copilot` seam; HTTP client; `ScriptedCopilot`.
 //! - [`effects`] — the exactly-once side effect on success; webhook and recorder.
 //! - [`http`] — the axum API and a `serve` generic over the listener.
-//! - [`known_bugs`] — pitfalls re-created on purpose (`known-bugs` feature) for the harness.
 //! - [`net`] — outbound HTTP over a pluggable connector.
 //! - [`clock`], [`rng`] — the injected time and randomness.
 //! - `sync` — the loom/std shim.
@@ -26,7 +25,6 @@ pub mod copilot;
 pub mod effects;
 pub mod extract;
 pub mod http;
-pub mod known_bugs;
 pub mod lease;
 pub mod net;
 pub mod rng;

@@ -12,7 +12,6 @@ use crate::context::{self, Context};
 use crate::copilot::{Copilot, CopilotRequest};
 use crate::effects::{submission_key, Effects, Submission, SubmitOutcome};
 use crate::extract::extract;
-use crate::known_bugs::{self, KnownBug};
 use crate::rng::SeededRng;
 use crate::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store};
 use crate::workflow::{self, apply_turn, reply_text, Command, Event, Step, WorkflowState};
@@ -41,8 +40,6 @@ pub struct TurnConfig {
     pub idempotency_ttl_ms: u64,
     /// What a 503 tells clients to wait.
     pub retry_after_s: u64,
-    /// A pitfall to re-create (only with the `known-bugs` feature; ignored otherwise).
-    pub known_bug: Option<KnownBug>,
 }
 
 impl Default for TurnConfig {
@@ -56,7 +53,6 @@ impl Default for TurnConfig {
             lease_extend_every_ms: 2_000,
             idempotency_ttl_ms: 24 * 3600 * 1000,
             retry_after_s: 1,
-            known_bug: None,
         }
     }
 }
@@ -138,9 +134,6 @@ pub struct StoredAnswer {
     pub turn: u32,
     pub reply: String,
     pub extracted: Vec<Extracted>,
-    /// The state at commit time: kept only by the `StaleReplay` known bug.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_at_commit: Option<WorkflowState>,
 }
 
 /// Why a turn answered 503.
@@ -192,9 +185,6 @@ pub struct Orchestrator<S, C, E> {
     pub rng: SeededRng,
     pub config: TurnConfig,
     pub observer: Option<Arc<dyn Observer>>,
-    /// Each worker's own copy of the conversations it wrote: used only by the
-    /// `ContextNotLoadedFromStore` known bug.
-    stale_cache: std::sync::Mutex<std::collections::BTreeMap<String, ConversationRecord>>,
 }
 
 pub fn valid_idempotency_key(k: &str) -> bool {
@@ -218,7 +208,7 @@ pub fn fingerprint(cid: &str, query: &str) -> String {
 
 impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     pub fn new(store: S, copilot: C, effects: E, clock: Arc<dyn Clock>, rng: SeededRng, config: TurnConfig) -> Self {
-        Self { store, copilot, effects, clock, rng, config, observer: None, stale_cache: Default::default() }
+        Self { store, copilot, effects, clock, rng, config, observer: None }
     }
 
     pub fn with_observer(mut self, o: Arc<dyn Observer>) -> Self {
@@ -230,10 +220,6 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         if let Some(o) = &self.observer {
             o.event(ev());
         }
-    }
-
-    fn bug(&self, b: KnownBug) -> bool {
-        known_bugs::active(self.config.known_bug, b)
     }
 
     fn unavailable(&self, reason: Unavailable) -> TurnError {
@@ -287,11 +273,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             return Err(TurnError::BadRequest(format!("query is over {QUERY_BYTES_MAX} bytes")));
         }
         let cid = req.conversation_id.as_str();
-        let (idem_key, fp) = if self.bug(KnownBug::IdempotencyKeyNotScopedByUser) {
-            (format!("idem:{}", req.idempotency_key), fingerprint("", &req.query))
-        } else {
-            (keys::idem(cid, &req.user, &req.idempotency_key), fingerprint(cid, &req.query))
-        };
+        let (idem_key, fp) = (keys::idem(cid, &req.user, &req.idempotency_key), fingerprint(cid, &req.query));
         let owner_token = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
         let args = BeginArgs {
             cid,
@@ -305,13 +287,13 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         // 1. Begin, retrying a busy lease with jittered exponential backoff until the deadline.
         let started_ms = self.clock.now_ms();
         let mut backoff_ms = self.config.acquire_backoff_base_ms;
-        let (fence, record, leased) = loop {
+        let (fence, record) = loop {
             let outcome = self.store.begin(&args).await.map_err(|e| {
                 tracing::warn!(cid, error = %e, "begin failed");
                 self.unavailable(Unavailable::Store)
             })?;
             match outcome {
-                BeginOutcome::Acquired { fence, record } => break (fence, record, true),
+                BeginOutcome::Acquired { fence, record } => break (fence, record),
                 BeginOutcome::Replay { response, record } => {
                     if record.state.step == Step::Succeeded {
                         // The turn that made `succeeded` durable may have lost its answer, and
@@ -327,15 +309,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 BeginOutcome::NotFound => return Err(TurnError::NotFound),
                 BeginOutcome::Busy { retry_in_ms } => {
                     let waited = self.clock.now_ms().saturating_sub(started_ms);
-                    let gave_up = waited >= self.config.acquire_deadline_ms;
-                    if self.bug(KnownBug::NoLock) || (gave_up && self.bug(KnownBug::ProceedWhenLockFails)) {
-                        // The pitfalls: work without the lease, on the state as loaded now.
-                        match self.store.load(cid).await {
-                            Ok(Some(r)) => break (r.writer_fence, r, false),
-                            _ => return Err(self.unavailable(Unavailable::Store)),
-                        }
-                    }
-                    if gave_up {
+                    if waited >= self.config.acquire_deadline_ms {
                         return Err(self.unavailable(Unavailable::LockBusy));
                     }
                     let jittered = backoff_ms / 2 + self.rng.below(backoff_ms / 2 + 1);
@@ -345,18 +319,16 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 }
             }
         };
-        if leased {
-            self.emit(|| ServerEvent::LeaseTaken {
-                cid: cid.into(),
-                user: req.user.clone(),
-                idem_key: idem_key.clone(),
-                fence,
-                version: record.state.version,
-            });
-        }
+        self.emit(|| ServerEvent::LeaseTaken {
+            cid: cid.into(),
+            user: req.user.clone(),
+            idem_key: idem_key.clone(),
+            fence,
+            version: record.state.version,
+        });
 
         // 2.–5. Everything after Begin releases the lease on failure.
-        match self.locked_turn(req, &idem_key, &fp, &owner_token, fence, leased, record).await {
+        match self.locked_turn(req, &idem_key, &fp, &owner_token, fence, record).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 if let Err(err) = self.store.release(cid, &owner_token, &idem_key).await {
@@ -375,44 +347,18 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         fp: &str,
         owner_token: &str,
         fence: u64,
-        // False only under the `NoLock` / `ProceedWhenLockFails` known bugs.
-        leased: bool,
         record: ConversationRecord,
     ) -> Result<TurnResponse, TurnError> {
         let cid = req.conversation_id.as_str();
-        // Read only by the `TrustLocalClock` known bug: when this worker's clock says it took
-        // the lease.
-        let acquired_local_ms = self.clock.now_ms();
-        let record = if self.bug(KnownBug::ContextNotLoadedFromStore) {
-            self.stale_cache.lock().unwrap_or_else(|p| p.into_inner()).get(cid).cloned().unwrap_or(record)
-        } else {
-            record
-        };
         // 3. Copilot on the context built from the loaded state.
         let ctx = Context::from_state(&record.state, &req.query);
-        let mut text = context::build(&ctx);
-        if self.bug(KnownBug::ContextPrefixWithoutSpaces) {
-            text = text.replacen(' ', "", 3);
-        }
-        let creq = CopilotRequest { conversation_id: cid.into(), user_id: req.user.clone(), text };
-        let reply = self.call_copilot(&creq, cid, owner_token, idem_key, fence, leased).await?;
+        let creq = CopilotRequest { conversation_id: cid.into(), user_id: req.user.clone(), text: context::build(&ctx) };
+        let reply = self.call_copilot(&creq, cid, owner_token, idem_key, fence).await?;
         let wf = workflow::workflow(&record.state.workflow).ok_or(TurnError::NotFound)?;
 
         // 4. Extract → events → machine.
-        let mut events = extract(&reply, wf);
-        if self.bug(KnownBug::ConfidenceIgnored) {
-            for e in &mut events {
-                if let Event::FieldExtracted { confidence, .. } = e {
-                    *confidence = workflow::Confidence::High;
-                }
-            }
-        }
-        let mut outcome = apply_turn(&record.state, &events);
-        if self.bug(KnownBug::UnknownSignalIgnored) && events.iter().all(|e| *e == Event::NoSignal) {
-            let mut same = record.state.clone();
-            same.turns += 1;
-            outcome = workflow::TurnOutcome { state: same, commands: Vec::new(), rejected: Vec::new() };
-        }
+        let events = extract(&reply, wf);
+        let outcome = apply_turn(&record.state, &events);
         let reply_text = reply_text(&outcome);
         let submit = record.state.step != Step::Succeeded && outcome.commands.contains(&Command::Submit);
         let mut next = ConversationRecord { owner: record.owner.clone(), state: outcome.state, writer_fence: fence };
@@ -431,7 +377,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             events: events.clone(),
         });
 
-        let mut response = TurnResponse {
+        let response = TurnResponse {
             conversation_id: cid.into(),
             turn: next.state.turns,
             reply: reply_text,
@@ -439,26 +385,14 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             workflow_state: next.state.clone(),
             replayed: false,
         };
-        let stored = StoredAnswer {
-            turn: response.turn,
-            reply: response.reply.clone(),
-            extracted: response.extracted.clone(),
-            state_at_commit: self.bug(KnownBug::StaleReplay).then(|| response.workflow_state.clone()),
-        };
+        let stored = StoredAnswer { turn: response.turn, reply: response.reply.clone(), extracted: response.extracted.clone() };
         let body = serde_json::to_string(&stored).map_err(|e| TurnError::BadRequest(e.to_string()))?;
 
         // 5. Commit under our fence.
         let commit = CommitArgs {
             cid,
             owner_token,
-            fence: if !leased
-                || self.bug(KnownBug::NoFencing)
-                || (self.bug(KnownBug::TrustLocalClock) && self.clock.now_ms() < acquired_local_ms + self.config.lease_ttl_ms)
-            {
-                known_bugs::UNFENCED
-            } else {
-                fence
-            },
+            fence,
             record: &next,
             idem_key,
             fingerprint: fp,
@@ -470,13 +404,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             Ok(CommitOutcome::Superseded) => {
                 tracing::warn!(cid, fence, "commit rejected: a later lease was taken");
                 self.emit(|| ServerEvent::CommitRejected { cid: cid.into(), fence });
-                let recommitted = match self.bug(KnownBug::BlindRecommitAfterLeaseLoss) {
-                    true => self.blind_recommit(req, idem_key, fp, &next, &body).await,
-                    false => None,
-                };
-                let Some(again) = recommitted else { return Err(self.unavailable(Unavailable::LeaseLost)) };
-                next = again;
-                response.workflow_state = next.state.clone();
+                return Err(self.unavailable(Unavailable::LeaseLost));
             }
             Err(e) => {
                 tracing::warn!(cid, error = %e, "commit failed");
@@ -492,54 +420,11 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             state: next.state.clone(),
         });
 
-        if self.bug(KnownBug::ContextNotLoadedFromStore) {
-            self.stale_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(cid.to_string(), next.clone());
-        }
         // Effects only after the commit that made the transition durable.
         if submit {
             self.submit(cid, &next).await;
         }
         Ok(response)
-    }
-
-    /// The `BlindRecommitAfterLeaseLoss` bug: after a rejected commit, take the lease again
-    /// and write the state computed from the *old* load under the new fence (a lost update).
-    async fn blind_recommit(
-        &self,
-        req: &TurnRequest,
-        idem_key: &str,
-        fp: &str,
-        stale: &ConversationRecord,
-        body: &str,
-    ) -> Option<ConversationRecord> {
-        let cid = req.conversation_id.as_str();
-        let token = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
-        let args =
-            BeginArgs { cid, user: &req.user, idem_key, fingerprint: fp, owner_token: &token, lease_ttl_ms: self.config.lease_ttl_ms };
-        const ATTEMPTS_MAX: u32 = 20;
-        for _ in 0..ATTEMPTS_MAX {
-            match self.store.begin(&args).await {
-                Ok(BeginOutcome::Acquired { fence, record }) => {
-                    let mut again = stale.clone();
-                    again.state.version = record.state.version + 1;
-                    again.writer_fence = fence;
-                    let commit = CommitArgs {
-                        cid,
-                        owner_token: &token,
-                        fence,
-                        record: &again,
-                        idem_key,
-                        fingerprint: fp,
-                        response: body,
-                        idempotency_ttl_ms: self.config.idempotency_ttl_ms,
-                    };
-                    return matches!(self.store.commit(&commit).await, Ok(CommitOutcome::Committed)).then_some(again);
-                }
-                Ok(BeginOutcome::Busy { retry_in_ms }) => tokio::time::sleep(Duration::from_millis(retry_in_ms.clamp(1, 50))).await,
-                _ => return None,
-            }
-        }
-        None
     }
 
     async fn call_copilot(
@@ -549,7 +434,6 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         owner_token: &str,
         idem_key: &str,
         fence: u64,
-        leased: bool,
     ) -> Result<crate::copilot::CopilotReply, TurnError> {
         let call = tokio::time::timeout(Duration::from_millis(self.config.copilot_timeout_ms), self.copilot.reply(creq));
         tokio::pin!(call);
@@ -582,7 +466,6 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 _ = tick => {
                     match self.store.extend(cid, owner_token, idem_key, self.config.lease_ttl_ms).await {
                         Ok(true) => {}
-                        Ok(false) if !leased || self.bug(KnownBug::NoFencing) => {}
                         Ok(false) => {
                             tracing::warn!(cid, fence, "lease lost during the copilot call");
                             self.emit(|| ServerEvent::LeaseLost { cid: cid.into(), fence });
@@ -601,16 +484,12 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     fn replay(&self, req: &TurnRequest, idem_key: &str, stored: &str, record: ConversationRecord) -> Result<TurnResponse, TurnError> {
         let answer: StoredAnswer = serde_json::from_str(stored).map_err(|_| self.unavailable(Unavailable::Store))?;
         // The stored answer, but the state as it is now: a replay never shows stale state.
-        let workflow_state = match answer.state_at_commit {
-            Some(old) if self.bug(KnownBug::StaleReplay) => old,
-            _ => record.state,
-        };
         let resp = TurnResponse {
             conversation_id: req.conversation_id.clone(),
             turn: answer.turn,
             reply: answer.reply,
             extracted: answer.extracted,
-            workflow_state,
+            workflow_state: record.state,
             replayed: true,
         };
         self.emit(|| ServerEvent::Replayed {
@@ -623,13 +502,8 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     }
 
     async fn submit(&self, cid: &str, record: &ConversationRecord) {
-        let key = if self.bug(KnownBug::NoEffectsDeduplication) {
-            format!("{}:{:016x}", submission_key(cid), self.rng.next_u64())
-        } else {
-            submission_key(cid)
-        };
         let s = Submission {
-            idempotency_key: key,
+            idempotency_key: submission_key(cid),
             conversation_id: cid.into(),
             user: record.owner.clone(),
             workflow: record.state.workflow.clone(),

@@ -190,7 +190,8 @@ pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
 }
 
 /// 4. Commits per conversation, in the order the store applied them, carry strictly
-/// increasing fences and versions that grow by exactly one.
+/// increasing fences and versions that grow by exactly one, and each was written by the holder
+/// of the newest lease (the fence counter Redis held when the commit applied).
 pub fn fenced_single_writer(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -211,7 +212,10 @@ pub fn fenced_single_writer(out: &RunOutput) -> Vec<Violation> {
                 found.push(v(
                     FENCED_WRITER,
                     e.t_ms,
-                    format!("conversation {cid}: record written under fence {fence} says writerFence {}", record["writerFence"]),
+                    format!(
+                        "conversation {cid}: committed while the newest lease was fence {fence}, by a writer holding fence {}",
+                        record["writerFence"]
+                    ),
                 ));
             }
             last.insert(cid, (*fence, *version));

@@ -88,7 +88,8 @@ pub enum Ev {
         key: String,
         duplicate: bool,
     },
-    /// The Redis model applied a Commit (the serialisation order).
+    /// The Redis model applied a commit (the serialisation order), read from its write log;
+    /// `fence` is the conversation's fence counter at that moment (the newest lease).
     ModelCommit {
         cid: String,
         fence: u64,
@@ -124,6 +125,11 @@ pub enum Ev {
     HostFault {
         host: String,
         change: HostChange,
+    },
+    /// A Redis crash lost `lost` changes that had been applied (and perhaps acknowledged).
+    RedisLostWrites {
+        lost: u64,
+        durability: crate::redis_model::Durability,
     },
     /// The Redis host's clock jumped by `delta_ms`; it is now `offset_ms` off simulated time.
     RedisClockJumped {

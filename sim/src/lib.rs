@@ -10,6 +10,7 @@
 //! - [`faults`] — the serialisable fault plan.
 //! - [`shrink`] — a failing plan cut down to the faults the failure needs.
 //! - [`history`] — the event log, trace hash, JSON lines.
+//! - [`known_bugs`] — pitfalls re-created by decorating the orchestrator's seams.
 //! - [`checkers`] — the invariants, read from the history after the run.
 //! - [`report`] — a run's verdict, failure report and replay command.
 //! - [`net`] — turmoil behind the orchestrator's connector and listener seams.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod copilot_host;
 pub mod faults;
 pub mod history;
+pub mod known_bugs;
 pub mod net;
 pub mod redis_model;
 pub mod report;
@@ -27,4 +29,4 @@ pub mod shrink;
 pub mod sink;
 pub mod world;
 
-pub use orchestrator::known_bugs::KnownBug;
+pub use known_bugs::KnownBug;

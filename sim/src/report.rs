@@ -35,11 +35,7 @@ impl Verdict {
 pub fn replay_command(options: &Options, seed: u64) -> String {
     match options.known_bug {
         None => format!("cargo run --release -- replay --scenario {} --seed {seed}", options.scenario),
-        Some(b) => format!(
-            "cargo run --release --features known-bugs -- replay --scenario {} --seed {seed} --known-bug {}",
-            options.scenario,
-            serde_json::to_value(b).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-        ),
+        Some(b) => format!("cargo run --release -- replay --scenario {} --seed {seed} --known-bug {}", options.scenario, b.name()),
     }
 }
 
@@ -49,7 +45,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 20] = [
+pub const COUNTERS: [&str; 21] = [
     "requests",
     "duplicate deliveries sent",
     "409 in flight",
@@ -70,38 +66,42 @@ pub const COUNTERS: [&str; 20] = [
     "worker clock skews",
     "worker crashes",
     "redis crashes",
+    "redis writes lost in crashes",
 ];
 
 fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
     let mut c: BTreeMap<&'static str, u64> = COUNTERS.iter().map(|k| (*k, 0)).collect();
-    let mut bump = |k: &'static str| *c.entry(k).or_default() += 1;
+    let mut add = |k: &'static str, n: u64| *c.entry(k).or_default() += n;
     for e in h {
         match &e.ev {
-            Ev::Invoke { duplicate: true, .. } => bump("duplicate deliveries sent"),
-            Ev::Invoke { .. } => bump("requests"),
-            Ev::Response { status: 409, .. } => bump("409 in flight"),
-            Ev::Response { status: 503, .. } => bump("503 retry later"),
-            Ev::Replayed { .. } => bump("replays served"),
-            Ev::LeaseLost { .. } => bump("lease lost while working"),
-            Ev::CommitRejected { .. } => bump("commits rejected by fence"),
-            Ev::ModelCommit { .. } => bump("commits"),
+            Ev::Invoke { duplicate: true, .. } => add("duplicate deliveries sent", 1),
+            Ev::Invoke { .. } => add("requests", 1),
+            Ev::Response { status: 409, .. } => add("409 in flight", 1),
+            Ev::Response { status: 503, .. } => add("503 retry later", 1),
+            Ev::Replayed { .. } => add("replays served", 1),
+            Ev::LeaseLost { .. } => add("lease lost while working", 1),
+            Ev::CommitRejected { .. } => add("commits rejected by fence", 1),
+            Ev::ModelCommit { .. } => add("commits", 1),
             Ev::CopilotReply { spike, misbehaviour, .. } if *spike || misbehaviour.is_some() => {
                 if *spike {
-                    bump("copilot calls in a latency spike");
+                    add("copilot calls in a latency spike", 1);
                 }
                 if misbehaviour.is_some() {
-                    bump("copilot replies off the contract");
+                    add("copilot replies off the contract", 1);
                 }
             }
-            Ev::CopilotCalled { ok: false, .. } => bump("copilot calls failed or timed out"),
-            Ev::SinkReceived { accepted: false, .. } => bump("duplicate submissions de-duplicated"),
-            Ev::SinkReceived { accepted: true, .. } => bump("submissions"),
-            Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => bump("no-signal hand-offs"),
-            Ev::HostFault { change, .. } if change.broken_link() == Some("redis") => bump("redis partitions"),
-            Ev::HostFault { change, .. } if change.broken_link().is_some_and(|p| p.starts_with("worker-")) => bump("client links cut"),
-            Ev::HostFault { host, change: HostChange::Crashed } => bump(if host == "redis" { "redis crashes" } else { "worker crashes" }),
-            Ev::RedisClockJumped { .. } => bump("redis clock jumps"),
-            Ev::HostFault { change: HostChange::ClockSkewed, .. } => bump("worker clock skews"),
+            Ev::CopilotCalled { ok: false, .. } => add("copilot calls failed or timed out", 1),
+            Ev::SinkReceived { accepted: false, .. } => add("duplicate submissions de-duplicated", 1),
+            Ev::SinkReceived { accepted: true, .. } => add("submissions", 1),
+            Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => {
+                add("no-signal hand-offs", 1)
+            }
+            Ev::HostFault { change, .. } if change.broken_link() == Some("redis") => add("redis partitions", 1),
+            Ev::HostFault { change, .. } if change.broken_link().is_some_and(|p| p.starts_with("worker-")) => add("client links cut", 1),
+            Ev::HostFault { host, change: HostChange::Crashed } => add(if host == "redis" { "redis crashes" } else { "worker crashes" }, 1),
+            Ev::RedisClockJumped { .. } => add("redis clock jumps", 1),
+            Ev::RedisLostWrites { lost, .. } => add("redis writes lost in crashes", *lost),
+            Ev::HostFault { change: HostChange::ClockSkewed, .. } => add("worker clock skews", 1),
             _ => {}
         }
     }
@@ -183,10 +183,9 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
         }
     } else {
         // An explicit plan (a shrunk one): the seed alone would regenerate the full plan.
-        let features = if v.options.known_bug.is_some() { " --features known-bugs" } else { "" };
         match trace.and_then(|t| t.to_str()).and_then(|t| t.strip_suffix(".trace.jsonl")) {
             Some(base) => {
-                let _ = writeln!(s, "reproduce: cargo run --release{features} -- replay --run {base}.run.json");
+                let _ = writeln!(s, "reproduce: cargo run --release -- replay --run {base}.run.json");
             }
             None => {
                 let _ = writeln!(s, "reproduce: write this run (options, plan, seed) to a .run.json and `replay --run` it");
@@ -264,6 +263,7 @@ pub fn describe(ev: &Ev) -> String {
         }
         Ev::HostFault { host, change } => format!("FAULT {host} {change}"),
         Ev::RedisClockJumped { delta_ms, offset_ms } => format!("FAULT redis clock jumped {delta_ms:+} ms (now {offset_ms:+} ms off)"),
+        Ev::RedisLostWrites { lost, durability } => format!("FAULT redis crash LOST {lost} applied writes ({durability:?})"),
     }
 }
 

@@ -9,6 +9,8 @@ pub enum Reply {
     Int(i64),
     Bulk(Vec<u8>),
     Nil,
+    /// The null array (`*-1`): an `EXEC` whose watched keys changed.
+    NilArray,
     Array(Vec<Reply>),
 }
 
@@ -34,6 +36,7 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Nil => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NilArray => out.extend_from_slice(b"*-1\r\n"),
             Reply::Array(items) => {
                 out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
                 for i in items {

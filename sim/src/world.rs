@@ -9,8 +9,9 @@ use crate::client::{run_client, token_of, Shared};
 use crate::copilot_host::{self, CopilotHost};
 use crate::faults::{FaultKind, FaultPlan, HostFaults};
 use crate::history::{Entry, Ev, History, HostChange, WorkerObserver};
+use crate::known_bugs::{BugSettings, BuggyCopilot, BuggyEffects, BuggyStore};
 use crate::net::{TurmoilConnector, TurmoilListener};
-use crate::redis_model::{self, Model};
+use crate::redis_model::{self, Durability, Model, WriteOp};
 use crate::sink::SimSink;
 use orchestrator::http::{router, serve, Api};
 use orchestrator::store::{ConversationRecord, RedisConfig, RedisStore};
@@ -53,8 +54,11 @@ pub struct Options {
     pub concurrent_pct: u32,
     /// Conversations that open with a run of turns carrying no signal at all.
     pub mumble_pct: u32,
-    /// A re-created pitfall in the workers (needs the `known-bugs` feature).
-    pub known_bug: Option<orchestrator::known_bugs::KnownBug>,
+    /// A pitfall re-created in the workers by decorating their seams (see [`crate::known_bugs`]).
+    pub known_bug: Option<crate::known_bugs::KnownBug>,
+    /// What a Redis crash loses.
+    #[serde(default)]
+    pub redis_durability: Durability,
 }
 
 impl Options {
@@ -81,6 +85,7 @@ impl Options {
             concurrent_pct: 20,
             mumble_pct: 10,
             known_bug: None,
+            redis_durability: Durability::FsyncAlways,
         }
     }
 
@@ -90,7 +95,6 @@ impl Options {
             lease_extend_every_ms: self.lease_extend_every_ms,
             copilot_timeout_ms: self.copilot_timeout_ms,
             acquire_deadline_ms: self.acquire_deadline_ms,
-            known_bug: self.known_bug,
             ..TurnConfig::default()
         }
     }
@@ -108,6 +112,7 @@ pub const STREAM_COPILOT: u64 = 2;
 pub const STREAM_WORKERS: u64 = 3;
 pub const STREAM_TURMOIL: u64 = 4;
 pub const STREAM_OPTIONS: u64 = 5;
+pub const STREAM_BUGS: u64 = 6;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
     FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)
@@ -156,11 +161,12 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         .build();
 
     let plan = Arc::new(plan.clone());
-    let model = Arc::new(Mutex::new(Model::new()));
+    let model = Arc::new(Mutex::new(Model::with_durability(opts.redis_durability)));
     {
         let (model, plan) = (model.clone(), plan.clone());
         sim.host("redis", move || {
-            // A (re)started Redis has its data (appendfsync always) but no scripts.
+            // A (re)started Redis has what its durability setting kept (see `Model::crash`), and
+            // no scripts.
             model.lock().unwrap_or_else(|p| p.into_inner()).forget_scripts();
             let plan = plan.clone();
             // The Redis host's own clock: simulated time plus the plan's clock jumps.
@@ -201,10 +207,20 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         let worker_seed: u64 = worker_rng.random();
         let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
         let copilot_timeout_ms = opts.copilot_timeout_ms;
-        let clock = Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms });
+        let clock: Arc<dyn orchestrator::Clock> = Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms });
+        let bug = BugSettings {
+            bug: opts.known_bug,
+            clock: clock.clone(),
+            lease_ttl_ms: cfg.lease_ttl_ms,
+            acquire_deadline_ms: cfg.acquire_deadline_ms,
+            acquire_backoff_max_ms: cfg.acquire_backoff_max_ms,
+            redis_host: "redis".into(),
+            redis_port: REDIS_PORT,
+            timeout_ms: 1_000,
+        };
         sim.host(format!("worker-{w}"), move || {
             let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
-            let clock = clock.clone();
+            let (clock, bug) = (clock.clone(), bug.clone());
             async move {
                 let redis_cfg = RedisConfig {
                     connect_timeout_ms: 1_000,
@@ -217,6 +233,10 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
                 let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
                     .map_err(|e| e.to_string())?;
                 let observer = Arc::new(WorkerObserver { worker: name.clone(), history });
+                // The worker under test: orchsim's orchestrator on its seams, each seam wrapped
+                // by the known-bug decorators (plain pass-through when no bug is selected).
+                let (store, copilot) = (BuggyStore::new(store, bug.clone()), BuggyCopilot { inner: copilot, bug: bug.bug });
+                let sink = BuggyEffects { inner: sink, bug: bug.bug, rng: Mutex::new(stream(worker_seed, STREAM_BUGS)) };
                 let orch = Orchestrator::new(store, copilot, sink, clock, SeededRng::from_seed(worker_seed), cfg).with_observer(observer);
                 let api = Arc::new(Api { orchestrator: orch, tokens });
                 let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
@@ -239,25 +259,19 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.client(format!("client-{c}"), run_client(shared, c));
     }
 
-    let error = run_with_faults(&mut sim, opts, &plan, &history);
+    let error = run_with_faults(&mut sim, opts, &plan, &history, &model);
     let sim_ms = sim.elapsed().as_millis() as u64;
 
     let owners = shared.owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
     let mut entries = history.entries();
-    // The model's commits, in the order it applied them, join the history.
-    for c in &model.commits {
-        let record: serde_json::Value = serde_json::from_str(&c.record).unwrap_or_default();
-        let version = record["state"]["version"].as_u64().unwrap_or(0);
-        entries.push(Entry {
-            t_ms: c.at_ms,
-            ev: Ev::ModelCommit { cid: c.cid.clone(), fence: c.fence, version, idem_key: c.idem_key.clone(), record },
-        });
-    }
+    // The commits the model applied, read from its write log, join the history.
+    entries.extend(applied_commits(model.writes()));
     entries.sort_by_key(|e| e.t_ms);
     let mut finals = BTreeMap::new();
     for cid in owners.keys() {
-        let rec = model.record_of(cid, u64::MAX / 2).and_then(|r| serde_json::from_str(&r).ok());
+        let key = orchestrator::store::keys::state(cid);
+        let rec = model.peek_hash_field(key.as_bytes(), b"record", u64::MAX / 2).and_then(|r| serde_json::from_slice(&r).ok());
         finals.insert(cid.clone(), rec);
     }
     RunOutput { history: entries, finals, owners, sim_ms, error }
@@ -289,7 +303,13 @@ fn power_off(sim: &mut turmoil::Sim<'_>, all: &[String], host: &str) {
 /// Steps the simulation to its end, applying the plan's host faults (partitions from Redis,
 /// crashes and restarts) as their windows open and close, and logging each change and each
 /// Redis clock jump. Returns turmoil's error, if any.
-fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan, history: &History) -> Option<String> {
+fn run_with_faults(
+    sim: &mut turmoil::Sim<'_>,
+    opts: &Options,
+    plan: &FaultPlan,
+    history: &History,
+    model: &Mutex<Model>,
+) -> Option<String> {
     let all = host_names(opts);
     let mut applied = vec![HostFaults::default(); opts.workers];
     let mut skewed = vec![false; opts.workers];
@@ -303,6 +323,10 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
         if want_down != redis_down {
             if want_down {
                 power_off(sim, &all, "redis");
+                let lost = model.lock().unwrap_or_else(|p| p.into_inner()).crash(now);
+                if lost > 0 {
+                    history.push_at(now, Ev::RedisLostWrites { lost: lost as u64, durability: opts.redis_durability });
+                }
                 // The power-off repaired every link of redis: partitions still wanted are
                 // applied again below.
                 for have in &mut applied {
@@ -397,4 +421,54 @@ fn run_with_faults(sim: &mut turmoil::Sim<'_>, opts: &Options, plan: &FaultPlan,
             Err(e) => return Some(e.to_string()),
         }
     }
+}
+
+/// orchsim's reading of the model's write log: a commit is a write of a conversation's
+/// `record` field to its state hash by a command that did not create it (creation writes the
+/// owner too). Its fence is the value the conversation's fence counter held when it applied
+/// (the newest lease taken), which the record's own `writerFence` must equal; its idempotency
+/// key is the key the same command wrote.
+pub fn applied_commits(writes: &[redis_model::Write]) -> Vec<Entry> {
+    let state_prefix = format!("{}:", orchestrator::store::keys::STATE);
+    let fence_prefix = format!("{}:", orchestrator::store::keys::FENCE);
+    let cid_of = |key: &str, prefix: &str| {
+        key.strip_prefix(prefix).and_then(|r| r.strip_prefix("{c:")).and_then(|r| r.strip_suffix('}')).map(String::from)
+    };
+    let mut fences: BTreeMap<String, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        let key = String::from_utf8_lossy(&w.key);
+        if let Some(cid) = cid_of(&key, &fence_prefix) {
+            let value = match &w.op {
+                WriteOp::Set(v) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
+                WriteOp::Lost(Some(redis_model::Value::Str(v))) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
+                WriteOp::Del | WriteOp::Lost(None) => Some(0),
+                _ => None,
+            };
+            if let Some(f) = value {
+                fences.insert(cid, f);
+            }
+            continue;
+        }
+        let Some(cid) = cid_of(&key, &state_prefix) else { continue };
+        let WriteOp::HSet(pairs) = &w.op else { continue };
+        if pairs.iter().any(|(f, _)| f == b"owner") {
+            continue;
+        }
+        let Some((_, record)) = pairs.iter().find(|(f, _)| f == b"record") else { continue };
+        let record: serde_json::Value = serde_json::from_slice(record).unwrap_or_default();
+        let version = record["state"]["version"].as_u64().unwrap_or(0);
+        // Writes of one command are contiguous in the log.
+        let lo = writes[..i].iter().rposition(|o| o.command != w.command).map_or(0, |p| p + 1);
+        let hi = writes[i..].iter().position(|o| o.command != w.command).map_or(writes.len(), |p| i + p);
+        let idem_key = writes[lo..hi]
+            .iter()
+            .filter(|o| o.key.starts_with(b"idem:") && matches!(o.op, WriteOp::Set(_)))
+            .map(|o| String::from_utf8_lossy(&o.key).into_owned())
+            .next()
+            .unwrap_or_default();
+        let fence = fences.get(&cid).copied().unwrap_or(0);
+        out.push(Entry { t_ms: w.at_ms, ev: Ev::ModelCommit { cid, fence, version, idem_key, record } });
+    }
+    out
 }

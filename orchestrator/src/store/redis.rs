@@ -82,15 +82,6 @@ redis.call('DEL', KEYS[2])
 return 1
 "#;
 
-    /// The `NoFencing` known bug's Commit: COMMIT without the fence check. Sent only by
-    /// `known-bugs` builds, for a commit whose fence is [`crate::known_bugs::UNFENCED`].
-    pub const COMMIT_UNFENCED: &str = r#"
-redis.call('HSET', KEYS[1], 'record', ARGV[2])
-redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
-redis.call('DEL', KEYS[2])
-return 1
-"#;
-
     /// KEYS: lock. ARGV: owner token.
     pub const RELEASE: &str = r#"
 local v = redis.call('GET', KEYS[1])
@@ -122,7 +113,6 @@ return 1
 struct Scripts {
     begin: Script,
     commit: Script,
-    commit_unfenced: Script,
     release: Script,
     extend: Script,
     create: Script,
@@ -201,7 +191,6 @@ impl<C: Connector> RedisStore<C> {
             scripts: Scripts {
                 begin: Script::new(scripts::BEGIN),
                 commit: Script::new(scripts::COMMIT),
-                commit_unfenced: Script::new(scripts::COMMIT_UNFENCED),
                 release: Script::new(scripts::RELEASE),
                 extend: Script::new(scripts::EXTEND),
                 create: Script::new(scripts::CREATE),
@@ -373,10 +362,7 @@ impl<C: Connector> Store for RedisStore<C> {
     }
 
     async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
-        let script = match cfg!(feature = "known-bugs") && a.fence == crate::known_bugs::UNFENCED {
-            true => &self.scripts.commit_unfenced,
-            false => &self.scripts.commit,
-        };
+        let script = &self.scripts.commit;
         let mut c = turn_keys(script, a.cid, a.idem_key);
         c.arg(a.fence);
         serde_json::to_writer(c.writer_for_next_arg(), a.record).map_err(|e| StoreError::Protocol(e.to_string()))?;

@@ -1,0 +1,407 @@
+//! Scripting as Redis 7 does it: the script text a client sends runs in embedded Lua 5.1,
+//! cached by SHA1 (`NOSCRIPT` for an unknown one, the cache lost on restart). Inside a script,
+//! `redis.call`/`redis.pcall` reach the same command implementation clients use, with Redis's
+//! conversion rules between Lua values and replies and its error texts. A script is atomic (the
+//! model is locked while it runs) and nothing non-deterministic is reachable from it: no `os`,
+//! `io` or file loading, `math.random` is Redis's rand48 seeded with 0 for every script, and an
+//! instruction budget turns a runaway loop into an error instead of a hung simulation.
+
+use super::commands::{self, arity_ok, lookup};
+use super::keyspace::Keyspace;
+use crate::resp::Reply;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue, VmState};
+use std::collections::BTreeMap;
+
+/// Lua instructions one script may run before the model stops it (Redis would keep running it
+/// and answer `BUSY` to everyone else; a simulation must end).
+pub const SCRIPT_INSTRUCTIONS_MAX: u64 = 50_000_000;
+const HOOK_EVERY: u32 = 10_000;
+
+/// What a running script's callbacks reach: the keyspace (moved in for the script's duration),
+/// the rand48 state, and the instruction count.
+struct Ctx {
+    ks: Keyspace,
+    rand48: u64,
+    instructions: u64,
+}
+
+/// Redis's `redisSrand48(0)` state: `X0 = 0x330E` in the low 16 bits.
+const RAND48_SEED0: u64 = 0x330E;
+
+fn rand48_next(state: &mut u64) -> i64 {
+    *state = (state.wrapping_mul(0x5DEE_CE66D).wrapping_add(0xB)) & ((1 << 48) - 1);
+    (*state >> 17) as i64
+}
+
+/// Set up once per Lua state: the `redis` library, Redis's error handler, global protection.
+const PRELUDE: &str = r#"
+local dbg = debug
+local rcall, rsha1, rrandom, rseed = __rcall, __rsha1, __rrandom, __rseed
+
+local function push_error_buff(s)
+  local code, msg
+  if string.sub(s, 1, 1) == '-' then
+    local sp = string.find(s, ' ', 1, true)
+    if sp then code, msg = string.sub(s, 2, sp - 1), string.sub(s, sp + 1) else code, msg = 'ERR', string.sub(s, 2) end
+  else
+    code, msg = 'ERR', s
+  end
+  msg = string.gsub(string.gsub(msg, '^[\r\n]+', ''), '[\r\n]+$', '')
+  return {err = code .. ' ' .. msg}
+end
+
+local redis = {}
+redis.call = function(...)
+  local r, failed = rcall(...)
+  if failed then
+    local i = dbg.getinfo(2, 'Sl')
+    if i then r.source = i.source; r.line = i.currentline end
+    error(r, 0)
+  end
+  return r
+end
+redis.pcall = function(...)
+  local r = rcall(...)
+  return r
+end
+redis.error_reply = function(...)
+  local e = ...
+  if select('#', ...) ~= 1 or type(e) ~= 'string' then return push_error_buff('wrong number or type of arguments') end
+  if string.sub(e, 1, 1) ~= '-' then e = '-' .. e end
+  return push_error_buff(e)
+end
+redis.status_reply = function(...)
+  local s = ...
+  if select('#', ...) ~= 1 or type(s) ~= 'string' then return push_error_buff('wrong number or type of arguments') end
+  return {ok = s}
+end
+redis.sha1hex = function(s) return rsha1(s) end
+redis.log = function() end
+redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
+redis.replicate_commands = function() return true end
+redis.set_repl = function() end
+redis.REPL_NONE, redis.REPL_AOF, redis.REPL_SLAVE, redis.REPL_REPLICA, redis.REPL_ALL = 0, 1, 2, 2, 3
+rawset(_G, 'redis', redis)
+
+math.random = function(...)
+  local n = select('#', ...)
+  local r = (rrandom() % 2147483647) / 2147483647
+  if n == 0 then return r end
+  local a, b = ...
+  if n == 1 then
+    local u = math.floor(a)
+    if u < 1 then error("bad argument #1 to 'random' (interval is empty)", 2) end
+    return math.floor(r * u) + 1
+  elseif n == 2 then
+    local l, u = math.floor(a), math.floor(b)
+    if l > u then error("bad argument #2 to 'random' (interval is empty)", 2) end
+    return math.floor(r * (u - l + 1)) + l
+  end
+  error('wrong number of arguments', 2)
+end
+math.randomseed = function(s) rseed(math.floor(s)) end
+
+-- Redis's __redis__err__handler: every failure becomes {err=..., source=..., line=...}.
+local function handler(err)
+  local i = dbg.getinfo(2, 'nSl')
+  if i and i.what == 'C' then i = dbg.getinfo(3, 'nSl') end
+  if type(err) ~= 'table' then err = {err = 'ERR ' .. tostring(err)} end
+  if i and err.source == nil then err.source = i.source; err.line = i.currentline end
+  return err
+end
+local run = function(f) return xpcall(f, handler) end
+rawset(_G, '__rcall', nil); rawset(_G, '__rsha1', nil); rawset(_G, '__rrandom', nil); rawset(_G, '__rseed', nil)
+rawset(_G, 'loadfile', nil); rawset(_G, 'dofile', nil); rawset(_G, 'print', nil); rawset(_G, 'debug', nil)
+
+setmetatable(_G, {
+  __newindex = function(_, n) error("Script attempted to create global variable '" .. tostring(n) .. "'", 2) end,
+  __index = function(_, n) error("Script attempted to access nonexistent global variable '" .. tostring(n) .. "'", 2) end,
+})
+return run
+"#;
+
+pub(crate) struct Scripting {
+    lua: Lua,
+    runner: Function,
+    cache: BTreeMap<String, Function>,
+}
+
+pub(crate) fn sha1_hex(s: &[u8]) -> String {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(s);
+    h.digest().to_string()
+}
+
+/// The error table `redis.call` builds from an error reply or a message (`luaPushErrorBuff`).
+fn error_text(s: &str) -> String {
+    let (code, msg) = match s.strip_prefix('-') {
+        Some(rest) => rest.split_once(' ').unwrap_or(("ERR", rest)),
+        None => ("ERR", s),
+    };
+    format!("{code} {}", msg.trim_matches(|c| c == '\r' || c == '\n'))
+}
+
+/// `%.17g`, as Redis formats a Lua number passed to `redis.call`.
+fn number_arg(n: f64) -> String {
+    if n.is_finite() && n.fract() == 0.0 && n.abs() < 1e17 {
+        return format!("{}", n as i64);
+    }
+    if !n.is_finite() {
+        return if n.is_nan() {
+            "nan".into()
+        } else if n > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
+    }
+    let exp = n.abs().log10().floor() as i32;
+    if (-5..17).contains(&exp) {
+        let s = format!("{:.*}", (16 - exp).max(0) as usize, n);
+        let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+        return s;
+    }
+    let s = format!("{:.16e}", n);
+    let (mant, e) = s.split_once('e').unwrap_or((&s, "0"));
+    let mant = if mant.contains('.') { mant.trim_end_matches('0').trim_end_matches('.') } else { mant };
+    let e: i32 = e.parse().unwrap_or(0);
+    format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+}
+
+fn reply_to_lua(lua: &Lua, r: Reply) -> mlua::Result<LuaValue> {
+    Ok(match r {
+        Reply::Int(i) => LuaValue::Number(i as f64),
+        Reply::Bulk(b) => LuaValue::String(lua.create_string(&b)?),
+        Reply::Nil | Reply::NilArray => LuaValue::Boolean(false),
+        Reply::Status(s) => {
+            let t = lua.create_table()?;
+            t.raw_set("ok", s)?;
+            LuaValue::Table(t)
+        }
+        Reply::Error(e) => {
+            let t = lua.create_table()?;
+            t.raw_set("err", error_text(&format!("-{e}")))?;
+            LuaValue::Table(t)
+        }
+        Reply::Array(items) => {
+            let t = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.into_iter().enumerate() {
+                t.raw_set(i + 1, reply_to_lua(lua, item)?)?;
+            }
+            LuaValue::Table(t)
+        }
+    })
+}
+
+/// Lua → reply, Redis's rules: numbers truncate to integers, `false`/`nil` are nil, `true` is
+/// 1, `{err=...}`/`{ok=...}` are an error/status, any other table an array up to its first nil.
+fn lua_to_reply(v: &LuaValue) -> Reply {
+    match v {
+        LuaValue::Nil | LuaValue::Boolean(false) => Reply::Nil,
+        LuaValue::Boolean(true) => Reply::Int(1),
+        LuaValue::Integer(i) => Reply::Int(*i),
+        LuaValue::Number(n) => Reply::Int(*n as i64),
+        LuaValue::String(s) => Reply::Bulk(s.as_bytes().to_vec()),
+        LuaValue::Table(t) => {
+            if let Ok(LuaValue::String(e)) = t.raw_get::<LuaValue>("err") {
+                return Reply::Error(String::from_utf8_lossy(&e.as_bytes()).replace(['\r', '\n'], " "));
+            }
+            if let Ok(LuaValue::String(s)) = t.raw_get::<LuaValue>("ok") {
+                return Reply::Status(String::from_utf8_lossy(&s.as_bytes()).replace(['\r', '\n'], " "));
+            }
+            let mut items = Vec::new();
+            for i in 1.. {
+                match t.raw_get::<LuaValue>(i) {
+                    Ok(LuaValue::Nil) | Err(_) => break,
+                    Ok(x) => items.push(lua_to_reply(&x)),
+                }
+            }
+            Reply::Array(items)
+        }
+        _ => Reply::Nil,
+    }
+}
+
+/// `redis.call`'s arguments as a command: strings as they are, numbers as `%.17g`.
+fn command_args(lua: &Lua, args: MultiValue) -> Result<Vec<Vec<u8>>, &'static str> {
+    if args.is_empty() {
+        return Err("Please specify at least one argument for this redis lib call");
+    }
+    let _ = lua;
+    args.into_iter()
+        .map(|a| match a {
+            LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
+            LuaValue::Integer(i) => Ok(i.to_string().into_bytes()),
+            LuaValue::Number(n) => Ok(number_arg(n).into_bytes()),
+            _ => Err("Lua redis lib command arguments must be strings or integers"),
+        })
+        .collect()
+}
+
+/// One command from inside a script: the reply, and whether it is an error `redis.call`
+/// must raise.
+fn script_call(ks: &mut Keyspace, args: &[Vec<u8>]) -> Result<Reply, String> {
+    let Some(spec) = lookup(&args[0]) else { return Err("Unknown Redis command called from script".into()) };
+    if !arity_ok(spec, args.len()) {
+        return Err("Wrong number of args calling Redis command from script".into());
+    }
+    if spec.noscript {
+        return Err("This Redis command is not allowed from script".into());
+    }
+    Ok(commands::call(ks, spec, args))
+}
+
+impl Scripting {
+    pub fn new() -> Self {
+        // SAFETY: `debug` is what makes this constructor unsafe (it can reach past Lua's memory
+        // safety). Only the prelude uses it, for Redis's error handler and `redis.call`'s line
+        // numbers; it removes the global before any script runs.
+        let lua = unsafe { Lua::unsafe_new_with(StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::DEBUG, LuaOptions::default()) };
+        let g = lua.globals();
+        let rcall = lua
+            .create_function(|lua, args: MultiValue| {
+                let parsed = command_args(lua, args);
+                let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("redis.call outside a script"))?;
+                let (reply, failed) = match parsed {
+                    Err(msg) => (Reply::Error(error_text(msg)), true),
+                    Ok(args) => match script_call(&mut ctx.ks, &args) {
+                        Err(msg) => (Reply::Error(error_text(&msg)), true),
+                        Ok(r) => {
+                            let failed = matches!(r, Reply::Error(_));
+                            (r, failed)
+                        }
+                    },
+                };
+                drop(ctx);
+                Ok((reply_to_lua(lua, reply)?, failed))
+            })
+            .expect("redis.call");
+        let sha1 = lua.create_function(|_, s: mlua::LuaString| Ok(sha1_hex(&s.as_bytes()))).expect("redis.sha1hex");
+        let random = lua
+            .create_function(|lua, ()| {
+                let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("math.random outside a script"))?;
+                Ok(rand48_next(&mut ctx.rand48) as f64)
+            })
+            .expect("math.random");
+        let seed = lua
+            .create_function(|lua, s: i64| {
+                let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("math.randomseed outside a script"))?;
+                // redisSrand48(seed): X = seed << 16 | 0x330E (32-bit seed).
+                ctx.rand48 = (((s as i32 as u32) as u64) << 16) | RAND48_SEED0;
+                Ok(())
+            })
+            .expect("math.randomseed");
+        for (name, f) in [("__rcall", rcall), ("__rsha1", sha1), ("__rrandom", random), ("__rseed", seed)] {
+            g.raw_set(name, f).expect("install a builtin");
+        }
+        let runner: Function = lua.load(PRELUDE).set_name("=prelude").call(()).expect("the scripting prelude runs");
+        lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), |lua, _| {
+            let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("hook outside a script"))?;
+            ctx.instructions += HOOK_EVERY as u64;
+            if ctx.instructions > SCRIPT_INSTRUCTIONS_MAX {
+                return Err(mlua::Error::runtime(format!("script ran past the model's budget of {SCRIPT_INSTRUCTIONS_MAX} instructions")));
+            }
+            Ok(VmState::Continue)
+        })
+        .expect("the instruction hook");
+        Self { lua, runner, cache: BTreeMap::new() }
+    }
+
+    /// Forgets every script (a restart, or `SCRIPT FLUSH`).
+    pub fn flush(&mut self) {
+        self.cache.clear();
+    }
+
+    pub fn exists(&self, sha: &str) -> bool {
+        self.cache.contains_key(&sha.to_ascii_lowercase())
+    }
+
+    /// Compiles `body` and caches it under its SHA1, as `SCRIPT LOAD` and `EVAL` do.
+    pub fn load(&mut self, body: &[u8]) -> Result<String, Reply> {
+        let sha = sha1_hex(body);
+        if self.cache.contains_key(&sha) {
+            return Ok(sha);
+        }
+        // Redis compiles `function f_<sha>() <body>\nend` under the chunk name `@user_script`,
+        // so line numbers in errors are the body's own.
+        let mut src = b"return function() ".to_vec();
+        src.extend_from_slice(body);
+        src.extend_from_slice(b"\nend");
+        let f = self.lua.load(&src[..]).set_name("@user_script").call::<Function>(()).map_err(|e| {
+            let msg = match &e {
+                mlua::Error::SyntaxError { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            Reply::err(format!("ERR Error compiling script (new function): {}", msg.replace(['\r', '\n'], " ")))
+        })?;
+        self.cache.insert(sha.clone(), f);
+        Ok(sha)
+    }
+
+    /// Runs the cached script `sha` with `KEYS` and `ARGV` against the keyspace.
+    pub fn run(&mut self, ks: &mut Keyspace, sha: &str, keys: &[Vec<u8>], argv: &[Vec<u8>]) -> Reply {
+        let Some(f) = self.cache.get(sha).cloned() else { return Reply::err("NOSCRIPT No matching script. Please use EVAL.") };
+        let lua = &self.lua;
+        let set_array = |name: &str, items: &[Vec<u8>]| -> mlua::Result<()> {
+            let t: Table = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, a) in items.iter().enumerate() {
+                t.raw_set(i + 1, lua.create_string(a)?)?;
+            }
+            lua.globals().raw_set(name, t)
+        };
+        if let Err(e) = set_array("KEYS", keys).and_then(|_| set_array("ARGV", argv)) {
+            return Reply::err(format!("ERR script arguments could not be set: {e}"));
+        }
+        lua.set_app_data(Ctx { ks: std::mem::take(ks), rand48: RAND48_SEED0, instructions: 0 });
+        let result = self.runner.call::<MultiValue>(f);
+        let ctx = lua.remove_app_data::<Ctx>().expect("the script context is still there");
+        *ks = ctx.ks;
+        let mut vals = match result {
+            Ok(v) => v.into_iter(),
+            Err(e) => return Reply::err(format!("ERR {}", e.to_string().replace(['\r', '\n'], " "))),
+        };
+        let ok = matches!(vals.next(), Some(LuaValue::Boolean(true)));
+        let value = vals.next().unwrap_or(LuaValue::Nil);
+        if ok {
+            return lua_to_reply(&value);
+        }
+        let LuaValue::Table(t) = &value else { return Reply::err("ERR script failed") };
+        let msg = match t.raw_get::<LuaValue>("err") {
+            Ok(LuaValue::String(s)) => String::from_utf8_lossy(&s.as_bytes()).into_owned(),
+            _ => "ERR unknown error".into(),
+        };
+        let mut out = msg;
+        if let (Ok(LuaValue::String(src)), Ok(line)) = (t.raw_get::<LuaValue>("source"), t.raw_get::<LuaValue>("line")) {
+            let line = match line {
+                LuaValue::Integer(i) => i.to_string(),
+                LuaValue::Number(n) => (n as i64).to_string(),
+                _ => String::new(),
+            };
+            if !line.is_empty() {
+                out = format!("{out} script: {sha}, on {}:{line}.", String::from_utf8_lossy(&src.as_bytes()));
+            }
+        }
+        Reply::Error(out.replace(['\r', '\n'], " "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_formatted_as_redis_passes_them_to_commands() {
+        assert_eq!(number_arg(3.0), "3");
+        assert_eq!(number_arg(-42.0), "-42");
+        assert_eq!(number_arg(1.5), "1.5");
+        assert_eq!(number_arg(0.1), "0.10000000000000001");
+    }
+
+    #[test]
+    fn rand48_matches_the_reference_sequence() {
+        // lrand48() after srand48(0), as glibc and Redis's rand48.c compute it.
+        let mut s = RAND48_SEED0;
+        let first: Vec<i64> = (0..3).map(|_| rand48_next(&mut s)).collect();
+        assert_eq!(first, vec![366850414, 1610402240, 206956554]);
+    }
+}
