@@ -3,7 +3,7 @@
 //! `redis.call`/`redis.pcall` reach the same command implementation clients use, with Redis's
 //! conversion rules between Lua values and replies and its error texts. A script is atomic (the
 //! model is locked while it runs) and nothing non-deterministic is reachable from it: no `os`,
-//! `io` or file loading, `math.random` is Redis's rand48 seeded with 0 for every script, and an
+//! `io` or file loading, `math.random` is Redis's rand48 from its fixed start state, and an
 //! instruction budget turns a runaway loop into an error instead of a hung simulation.
 
 use super::commands::{self, arity_ok, lookup};
@@ -25,8 +25,12 @@ struct Ctx {
     instructions: u64,
 }
 
-/// Redis's `redisSrand48(0)` state: `X0 = 0x330E` in the low 16 bits.
-const RAND48_SEED0: u64 = 0x330E;
+/// The state of Redis's rand48 when the server starts (`x[] = {0x330E, 0xABCD, 0x1234}`).
+/// Redis 7 no longer re-seeds it for every script: it runs on across scripts (and `SCRIPT
+/// FLUSH`) until the process restarts, or a script calls `math.randomseed`.
+const RAND48_AT_START: u64 = 0x1234_ABCD_330E;
+/// The low 16 bits `redisSrand48(seed)` sets.
+const RAND48_SEED_LOW: u64 = 0x330E;
 
 fn rand48_next(state: &mut u64) -> i64 {
     *state = (state.wrapping_mul(0x5DEE_CE66D).wrapping_add(0xB)) & ((1 << 48) - 1);
@@ -36,7 +40,7 @@ fn rand48_next(state: &mut u64) -> i64 {
 /// Set up once per Lua state: the `redis` library, Redis's error handler, global protection.
 const PRELUDE: &str = r#"
 local dbg = debug
-local rcall, rsha1, rrandom, rseed = __rcall, __rsha1, __rrandom, __rseed
+local rcall, rcallc, rsha1, rrandom, rseed = __rcall, __rcallc, __rsha1, __rrandom, __rseed
 
 local function push_error_buff(s)
   local code, msg
@@ -51,15 +55,9 @@ local function push_error_buff(s)
 end
 
 local redis = {}
-redis.call = function(...)
-  local r, failed = rcall(...)
-  if failed then
-    local i = dbg.getinfo(2, 'Sl')
-    if i then r.source = i.source; r.line = i.currentline end
-    error(r, 0)
-  end
-  return r
-end
+-- A C function, as in Redis: `return redis.call(...)` keeps the script's frame (a tail call
+-- to a Lua function would not), so the error handler finds the script's line.
+redis.call = rcallc
 redis.pcall = function(...)
   local r = rcall(...)
   return r
@@ -101,28 +99,63 @@ math.random = function(...)
 end
 math.randomseed = function(s) rseed(math.floor(s)) end
 
--- Redis's __redis__err__handler: every failure becomes {err=..., source=..., line=...}.
+-- Redis's __redis__err__handler: every failure becomes {err=..., source=..., line=...}, the
+-- place being the script's (this prelude's own helpers, like a C function, are skipped).
 local function handler(err)
-  local i = dbg.getinfo(2, 'nSl')
-  if i and i.what == 'C' then i = dbg.getinfo(3, 'nSl') end
+  local lvl = 2
+  local i = dbg.getinfo(lvl, 'nSl')
+  while i and (i.what == 'C' or i.source == '=prelude') do
+    lvl = lvl + 1
+    i = dbg.getinfo(lvl, 'nSl')
+  end
   if type(err) ~= 'table' then err = {err = 'ERR ' .. tostring(err)} end
-  if i and err.source == nil then err.source = i.source; err.line = i.currentline end
+  if i then err.source = i.source; err.line = i.currentline end
   return err
 end
 local run = function(f) return xpcall(f, handler) end
-rawset(_G, '__rcall', nil); rawset(_G, '__rsha1', nil); rawset(_G, '__rrandom', nil); rawset(_G, '__rseed', nil)
+rawset(_G, '__rcall', nil); rawset(_G, '__rcallc', nil); rawset(_G, '__rsha1', nil); rawset(_G, '__rrandom', nil); rawset(_G, '__rseed', nil)
 rawset(_G, 'loadfile', nil); rawset(_G, 'dofile', nil); rawset(_G, 'print', nil); rawset(_G, 'debug', nil)
 
-setmetatable(_G, {
-  __newindex = function(_, n) error("Script attempted to create global variable '" .. tostring(n) .. "'", 2) end,
+-- Redis 7.0.15 makes the globals and the library tables read-only; reading a missing global
+-- is an error. Scripts run with `env` as their environment; the libraries are read-only proxies.
+local function readonly() error('Attempt to modify a readonly table', 2) end
+local function proxy(t) return setmetatable({}, {__index = t, __newindex = readonly, __metatable = false}) end
+for _, name in ipairs({'redis', 'string', 'math', 'table'}) do rawset(_G, name, proxy(rawget(_G, name))) end
+local G = _G
+setmetatable(G, {
   __index = function(_, n) error("Script attempted to access nonexistent global variable '" .. tostring(n) .. "'", 2) end,
 })
-return run
+local env = setmetatable({}, {__index = G, __newindex = readonly, __metatable = false})
+local sandbox = function(f) return setfenv(f, env) end
+return run, sandbox
 "#;
+
+/// Registry key of the Rust function behind `redis.call` and `redis.pcall`.
+const RCALL_KEY: &str = "orchsim.rcall";
+
+/// `redis.call`: calls the implementation (which returns the reply and whether it is an error)
+/// and raises an error reply as a Lua error whose value is the `{err=...}` table, as Redis does.
+unsafe extern "C-unwind" fn redis_call(state: *mut mlua::ffi::lua_State) -> std::os::raw::c_int {
+    use mlua::ffi;
+    let n = ffi::lua_gettop(state);
+    ffi::lua_getfield(state, ffi::LUA_REGISTRYINDEX, c"orchsim.rcall".as_ptr());
+    ffi::lua_insert(state, 1);
+    ffi::lua_call(state, n, 2);
+    if ffi::lua_toboolean(state, -1) != 0 {
+        ffi::lua_pop(state, 1);
+        ffi::lua_error(state);
+    }
+    ffi::lua_pop(state, 1);
+    1
+}
 
 pub(crate) struct Scripting {
     lua: Lua,
     runner: Function,
+    /// Gives a compiled script the read-only environment.
+    sandbox: Function,
+    /// `math.random`'s state between scripts.
+    rand48: u64,
     cache: BTreeMap<String, Function>,
 }
 
@@ -287,16 +320,20 @@ impl Scripting {
             .create_function(|lua, s: i64| {
                 let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("math.randomseed outside a script"))?;
                 // redisSrand48(seed): X = seed << 16 | 0x330E (32-bit seed).
-                ctx.rand48 = (((s as i32 as u32) as u64) << 16) | RAND48_SEED0;
+                ctx.rand48 = (((s as i32 as u32) as u64) << 16) | RAND48_SEED_LOW;
                 Ok(())
             })
             .expect("math.randomseed");
-        for (name, f) in [("__rcall", rcall), ("__rsha1", sha1), ("__rrandom", random), ("__rseed", seed)] {
+        lua.set_named_registry_value(RCALL_KEY, rcall.clone()).expect("register redis.call's implementation");
+        // SAFETY: `redis_call` only uses the Lua stack as the C API documents (see there).
+        let rcallc = unsafe { lua.create_c_function(redis_call) }.expect("redis.call");
+        for (name, f) in [("__rcall", rcall), ("__rcallc", rcallc), ("__rsha1", sha1), ("__rrandom", random), ("__rseed", seed)] {
             g.raw_set(name, f).expect("install a builtin");
         }
-        let runner: Function = lua.load(PRELUDE).set_name("=prelude").call(()).expect("the scripting prelude runs");
+        let (runner, sandbox): (Function, Function) = lua.load(PRELUDE).set_name("=prelude").call(()).expect("the scripting prelude runs");
         lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), |lua, _| {
-            let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("hook outside a script"))?;
+            // Compiling and the prelude run outside a script: no budget there.
+            let Some(mut ctx) = lua.app_data_mut::<Ctx>() else { return Ok(VmState::Continue) };
             ctx.instructions += HOOK_EVERY as u64;
             if ctx.instructions > SCRIPT_INSTRUCTIONS_MAX {
                 return Err(mlua::Error::runtime(format!("script ran past the model's budget of {SCRIPT_INSTRUCTIONS_MAX} instructions")));
@@ -304,12 +341,18 @@ impl Scripting {
             Ok(VmState::Continue)
         })
         .expect("the instruction hook");
-        Self { lua, runner, cache: BTreeMap::new() }
+        Self { lua, runner, sandbox, rand48: RAND48_AT_START, cache: BTreeMap::new() }
     }
 
-    /// Forgets every script (a restart, or `SCRIPT FLUSH`).
+    /// Forgets every script (`SCRIPT FLUSH`).
     pub fn flush(&mut self) {
         self.cache.clear();
+    }
+
+    /// A new server process: no scripts, and `math.random` from its start state again.
+    pub fn restart(&mut self) {
+        self.cache.clear();
+        self.rand48 = RAND48_AT_START;
     }
 
     pub fn exists(&self, sha: &str) -> bool {
@@ -322,12 +365,9 @@ impl Scripting {
         if self.cache.contains_key(&sha) {
             return Ok(sha);
         }
-        // Redis compiles `function f_<sha>() <body>\nend` under the chunk name `@user_script`,
-        // so line numbers in errors are the body's own.
-        let mut src = b"return function() ".to_vec();
-        src.extend_from_slice(body);
-        src.extend_from_slice(b"\nend");
-        let f = self.lua.load(&src[..]).set_name("@user_script").call::<Function>(()).map_err(|e| {
+        // Redis 7 compiles the body itself as a chunk named `@user_script`.
+        let compiled = self.lua.load(body).set_name("@user_script").into_function().and_then(|f| self.sandbox.call::<Function>(f));
+        let f = compiled.map_err(|e| {
             let msg = match &e {
                 mlua::Error::SyntaxError { message, .. } => message.clone(),
                 other => other.to_string(),
@@ -352,10 +392,11 @@ impl Scripting {
         if let Err(e) = set_array("KEYS", keys).and_then(|_| set_array("ARGV", argv)) {
             return Reply::err(format!("ERR script arguments could not be set: {e}"));
         }
-        lua.set_app_data(Ctx { ks: std::mem::take(ks), rand48: RAND48_SEED0, instructions: 0 });
+        lua.set_app_data(Ctx { ks: std::mem::take(ks), rand48: self.rand48, instructions: 0 });
         let result = self.runner.call::<MultiValue>(f);
         let ctx = lua.remove_app_data::<Ctx>().expect("the script context is still there");
         *ks = ctx.ks;
+        self.rand48 = ctx.rand48;
         let mut vals = match result {
             Ok(v) => v.into_iter(),
             Err(e) => return Reply::err(format!("ERR {}", e.to_string().replace(['\r', '\n'], " "))),
@@ -400,8 +441,12 @@ mod tests {
     #[test]
     fn rand48_matches_the_reference_sequence() {
         // lrand48() after srand48(0), as glibc and Redis's rand48.c compute it.
-        let mut s = RAND48_SEED0;
+        let mut s = RAND48_SEED_LOW;
         let first: Vec<i64> = (0..3).map(|_| rand48_next(&mut s)).collect();
         assert_eq!(first, vec![366850414, 1610402240, 206956554]);
+        // What a fresh redis-server 7.0 answers to `EVAL "return math.random(1000000)" 0`.
+        let mut s = RAND48_AT_START;
+        let r = (rand48_next(&mut s) % 2147483647) as f64 / 2147483647.0;
+        assert_eq!((r * 1_000_000.0).floor() as i64 + 1, 396465);
     }
 }
