@@ -1,7 +1,7 @@
 //! `orchsim`: explore seeds of the simulation on all cores, or replay one.
 
 use clap::{Parser, Subcommand};
-use scenarios::{find, names, Scenario, SCENARIOS};
+use scenarios::{default_set, find, names, Scenario, SCENARIOS};
 use sim::faults::FaultPlan;
 use sim::report::{failure_report, run_plan, timeline, write_trace, Verdict};
 use sim::world::Options;
@@ -114,9 +114,10 @@ fn explore(
     recheck_every: u64,
     bug: Option<sim::KnownBug>,
 ) -> ExitCode {
+    let defaults = default_set();
     let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
         .map(|i| {
-            let s = only.unwrap_or_else(|| &SCENARIOS[(i % SCENARIOS.len() as u64) as usize]);
+            let s = only.unwrap_or_else(|| defaults[(i % defaults.len() as u64) as usize]);
             (s, first + i)
         })
         .collect();
@@ -341,7 +342,8 @@ fn main() -> ExitCode {
         },
         Cmd::Scenarios => {
             for s in SCENARIOS {
-                say!("{:<12} {}", s.name, s.about);
+                let mark = if s.in_default { "" } else { " [not in the default set: --scenario]" };
+                say!("{:<12} {}{mark}", s.name, s.about);
             }
             ExitCode::SUCCESS
         }

@@ -141,3 +141,35 @@ fn a_failing_plan_shrinks_to_fewer_faults_and_the_shrunk_run_replays_from_its_fi
     let hash = stdout.lines().find_map(|l| l.split_once("trace hash ").map(|(_, h)| h.trim().to_string())).expect("replay prints the hash");
     assert_eq!(hash, small.trace_hash, "the shrunk run did not replay from its file:\n{stdout}");
 }
+
+/// `lossy-redis` is what a user reads before choosing Redis's durability: under `appendfsync
+/// everysec` or a failover to a lagging replica, a crash loses acknowledged writes, and the
+/// harness says so — an acknowledged field missing from the final state, or a fence counter that
+/// went backwards so a later lease reused a fence — and cuts the fault plan down to the crash
+/// that did it.
+#[test]
+fn lossy_redis_reports_lost_acknowledged_data_and_shrinks_to_the_crash() {
+    use sim::checkers::{FENCED_WRITER, LOST_DATA};
+    use sim::faults::Fault;
+    let sc = find("lossy-redis").unwrap();
+    assert!(!sc.in_default, "lossy-redis shows a setting's losses; it is not part of the default set");
+    let loses = |v: &Verdict| v.violations.iter().any(|x| x.invariant == LOST_DATA || x.invariant == FENCED_WRITER);
+    let v = (0..30).map(|seed| sc.run(seed)).find(loses).expect("no lossy-redis seed in 30 lost an acknowledged write");
+    assert!(v.counters["redis writes lost in crashes"] > 0, "a loss was reported without a lost write: {:?}", v.violations);
+    let report = failure_report(&v, None);
+    assert!(report.contains("reproduce: cargo run --release -- replay --scenario lossy-redis"), "{report}");
+
+    let shrunk = sim::shrink::shrink(&v.plan, |p| loses(&run_plan(&v.options, p, v.seed)));
+    assert!(loses(&run_plan(&v.options, &shrunk.plan, v.seed)), "the shrunk plan no longer loses anything");
+    assert!(shrunk.plan.faults.len() <= v.plan.faults.len());
+    assert!(
+        shrunk.plan.faults.iter().any(|(_, f)| matches!(f, Fault::RedisCrash { .. })),
+        "a loss without a Redis crash: {:?}",
+        shrunk.plan
+    );
+    // The same seed under `appendfsync always` (the default) loses nothing.
+    let mut safe = v.options.clone();
+    safe.redis_durability = sim::redis_model::Durability::FsyncAlways;
+    let kept = run_plan(&safe, &v.plan, v.seed);
+    assert!(kept.passed(), "the same crashes under appendfsync always: {:?}", kept.violations);
+}

@@ -4,16 +4,17 @@
 //! `cargo nextest` (`--partition` spreads the seeds over machines).
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use scenarios::SCENARIOS;
+use scenarios::default_set;
 use sim::report::{failure_report, write_trace};
 
 fn main() {
     let args = Arguments::from_args();
     let total: u64 = std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let extra: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok());
-    let per = total.div_ceil(SCENARIOS.len() as u64);
+    let scenarios = default_set();
+    let per = total.div_ceil(scenarios.len() as u64);
     let mut trials = Vec::new();
-    for sc in SCENARIOS {
+    for sc in scenarios {
         let mut seeds: Vec<u64> = (0..per).collect();
         if let Some(s) = extra {
             if s >= per {

@@ -3,12 +3,16 @@
 
 use rand::Rng;
 use sim::faults::FaultKind;
+use sim::redis_model::Durability;
 use sim::report::{run_seed, Verdict};
 use sim::world::{stream, Options, STREAM_OPTIONS};
 
 pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
+    /// Part of the default set (`explore` without `--scenario`, the seeded tests). A scenario
+    /// that shows what a setting *loses* rather than what the orchestrator must survive is not.
+    pub in_default: bool,
     build: fn(&mut rand_chacha::ChaCha8Rng, &mut Options),
 }
 
@@ -33,6 +37,7 @@ fn common(r: &mut rand_chacha::ChaCha8Rng, o: &mut Options) {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "swarm",
+ in_default: true,
         about: "every option random; each seed enables a random subset of fault kinds",
         build: |r, o| {
             common(r, o);
@@ -41,6 +46,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "latency",
+ in_default: true,
         about: "Copilot latency spikes above the lease TTL, many turns in flight",
         build: |r, o| {
             common(r, o);
@@ -50,6 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "copilot",
+ in_default: true,
         about: "Copilot misbehaves: HTTP 500s, bodies that are not JSON or cut short, payloads off the contract, slow spikes",
         build: |r, o| {
             common(r, o);
@@ -58,6 +65,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "duplicates",
+ in_default: true,
         about: "the same request and key delivered to other workers, concurrently and late",
         build: |r, o| {
             common(r, o);
@@ -66,6 +74,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "partitions",
+ in_default: true,
         about: "workers cut off from Redis (both ways, or replies lost) and Redis clock jumps while Copilot is slow: leases lapse under working turns",
         build: |r, o| {
             common(r, o);
@@ -76,6 +85,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "clocks",
+ in_default: true,
         about: "Redis clock jumps and worker clocks that jump and drift, while Copilot is slow: only Redis's clock may decide a lease",
         build: |r, o| {
             common(r, o);
@@ -85,6 +95,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "crashes",
+ in_default: true,
         about: "workers crash mid-turn and restart; Redis crashes and restarts without its script cache",
         build: |r, o| {
             common(r, o);
@@ -93,6 +104,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "links",
+ in_default: true,
         about: "client-worker links cut or losing the workers' answers: applied turns whose answer never came are retried and must replay",
         build: |r, o| {
             common(r, o);
@@ -101,7 +113,23 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "lossy-redis",
+        in_default: false,
+        about: "Redis crashes under a durability setting that loses acknowledged writes (appendfsync everysec, or failover to a replica lagging 100-1500 ms): shows what is lost, not in the default set",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::RedisCrash];
+            o.concurrent_pct = r.random_range(20..=60);
+            o.redis_durability = if r.random_bool(0.5) {
+                Durability::FsyncEverySec
+            } else {
+                Durability::ReplicaFailover { lag_ms: r.random_range(100..=1_500) }
+            };
+        },
+    },
+    Scenario {
         name: "calm",
+ in_default: true,
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {
             common(r, o);
@@ -109,6 +137,11 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
 ];
+
+/// The scenarios `explore` cycles through and the seeded tests run.
+pub fn default_set() -> Vec<&'static Scenario> {
+    SCENARIOS.iter().filter(|s| s.in_default).collect()
+}
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)

@@ -225,6 +225,10 @@ fn general_command(rng: &mut ChaCha8Rng) -> Vec<String> {
         32 => s(&["GET", &k, "extra"]),
         33 => s(&["NOSUCHCOMMAND", &k]),
         34 => s(&["SCRIPT", pick(rng, &["EXISTS", "BOGUS"]), &sha1(&script(rng))]),
+        // Transactions often enough that bad commands get queued (EXECABORT) and WATCHed keys
+        // change before EXEC.
+        35 | 36 => s(&["MULTI"]),
+        37 | 38 => s(&["EXEC"]),
         _ => s(&["INCR", "n1"]),
     }
 }
