@@ -126,7 +126,7 @@ fn explore(
         plan.len(),
         match only {
             Some(s) => s.name.to_string(),
-            None => names().join(", "),
+            None => defaults.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
         }
     );
     let next = AtomicU64::new(0);
