@@ -220,6 +220,32 @@ fn explore(
         let per: Vec<u64> = names.iter().map(|n| tallies[n].counters.get(k).copied().unwrap_or(0)).collect();
         say!("{:<40}{}{:>10}", k, per.iter().map(|v| format!("{v:>12}")).collect::<String>(), all_counters.get(k).copied().unwrap_or(0));
     }
+    // Expectations: what each scenario must reach across its seeds (`sometimes`) and must never
+    // reach (`never`, already a violation of the seed that did), beside the counters.
+    say!("\nexpectations");
+    let mut unmet_total = 0;
+    for name in &names {
+        let Some(sc) = find(name) else { continue };
+        let t = &tallies[name];
+        let never_hit: Vec<&str> = sc.never.iter().copied().filter(|c| t.counters.get(c).copied().unwrap_or(0) > 0).collect();
+        let unmet = sc.unmet_sometimes(&t.counters);
+        let judged = t.seeds >= scenarios::EXPECTATION_SEEDS_MIN;
+        let met = sc.sometimes.len() - unmet.len() + sc.never.len() - never_hit.len();
+        let mut line = format!("{name:<12} met {met}/{}", sc.sometimes.len() + sc.never.len());
+        if !unmet.is_empty() {
+            if judged {
+                unmet_total += unmet.len();
+                line += &format!("; UNMET sometimes: {}", unmet.join(", "));
+            } else {
+                line +=
+                    &format!("; not yet reached (fewer than {} seeds, not judged): {}", scenarios::EXPECTATION_SEEDS_MIN, unmet.join(", "));
+            }
+        }
+        if !never_hit.is_empty() {
+            line += &format!("; BROKEN never: {}", never_hit.join(", "));
+        }
+        say!("{line}");
+    }
     let mismatches = mismatches.into_inner().unwrap();
     say!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
     for m in &mismatches {
@@ -231,11 +257,11 @@ fn explore(
         let trace = write_trace(v).ok();
         say!("\n{}", failure_report(v, trace.as_deref()));
     }
-    if failures.is_empty() && mismatches.is_empty() {
-        say!("0 violations");
+    if failures.is_empty() && mismatches.is_empty() && unmet_total == 0 {
+        say!("0 violations, 0 unmet expectations");
         ExitCode::SUCCESS
     } else {
-        say!("{} violating seeds", failures.len());
+        say!("{} violating seeds, {unmet_total} unmet expectations", failures.len());
         ExitCode::FAILURE
     }
 }

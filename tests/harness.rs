@@ -173,3 +173,56 @@ fn lossy_redis_reports_lost_acknowledged_data_and_shrinks_to_the_crash() {
     let kept = run_plan(&safe, &v.plan, v.seed);
     assert!(kept.passed(), "the same crashes under appendfsync always: {:?}", kept.violations);
 }
+
+/// Every expectation names a counter the report keeps (a misspelt one would never be reached,
+/// or never fire), and over the default seeds every `sometimes` is reached and every `never`
+/// stays at zero.
+#[test]
+fn every_scenario_meets_its_expectations_over_its_default_seeds() {
+    let seeds: u64 = std::env::var("SIM_EXPECTATION_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    for sc in scenarios::SCENARIOS {
+        for c in sc.sometimes.iter().chain(sc.never) {
+            assert!(sim::report::COUNTERS.contains(c), "scenario {}: no counter named {c:?}", sc.name);
+        }
+    }
+    for sc in scenarios::default_set() {
+        let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for seed in 0..seeds {
+            let v = sc.run(seed);
+            assert!(sc.never_reached(&v).is_empty(), "{} seed {seed}: {:?}", sc.name, sc.never_reached(&v));
+            for (k, n) in &v.counters {
+                *totals.entry(k).or_default() += n;
+            }
+        }
+        let unmet = sc.unmet_sometimes(&totals);
+        assert!(unmet.is_empty(), "{}: not reached in {seeds} seeds: {unmet:?}", sc.name);
+    }
+}
+
+/// A scenario's expectations can fail: a `never` counter reached becomes a violation of that
+/// seed, and a `sometimes` counter nobody reached is reported unmet.
+#[test]
+fn expectations_fire_when_broken() {
+    let sc = find("duplicates").unwrap();
+    let mut v = sc.run(0);
+    v.counters.insert("503 retry later", 2);
+    let broken = sc.never_reached(&v);
+    assert!(broken.iter().any(|x| x.invariant == scenarios::EXPECTATION_NEVER && x.evidence.contains("503 retry later")), "{broken:?}");
+    let nothing = std::collections::BTreeMap::new();
+    assert_eq!(sc.unmet_sometimes(&nothing), sc.sometimes.to_vec());
+}
+
+/// A world in which nothing works is not a pass: with no worker to answer, no conversation is
+/// ever created, and the progress check says which users got nothing done.
+#[test]
+fn a_run_in_which_nothing_works_fails_on_progress() {
+    let sc = find("calm").unwrap();
+    let mut o = sc.options(0);
+    o.workers = 0;
+    let v = sim::report::run_seed(&o, 0);
+    assert!(
+        v.violations.iter().any(|x| x.invariant == sim::checkers::PROGRESS && x.evidence.contains("set out to create")),
+        "{:?}",
+        v.violations
+    );
+}

@@ -4,7 +4,7 @@
 
 use scenarios::find;
 use sim::checkers::{
-    CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP,
+    CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP, SPEC_ORACLE,
     VALID_TRANSITIONS,
 };
 use sim::KnownBug;
@@ -38,6 +38,10 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
 
 fn caught(bug: KnownBug) {
     let (scenario, expected) = expectation(bug);
+    caught_as(bug, scenario, expected);
+}
+
+fn caught_as(bug: KnownBug, scenario: &str, expected: &[&str]) {
     let sc = find(scenario).unwrap();
     for seed in 0..SEEDS_MAX {
         let v = sc.run_with_bug(seed, Some(bug));
@@ -107,6 +111,14 @@ fn a_context_prefix_without_spaces_is_caught_by_copilot() {
 #[test]
 fn effects_without_deduplication_are_caught_as_a_second_submission() {
     caught(KnownBug::NoEffectsDeduplication);
+}
+
+/// The specification oracle is a checker of its own: the bugs that commit a state the rules do
+/// not give are caught by it alone, whatever the other invariants say.
+#[test]
+fn the_spec_oracle_alone_catches_states_the_rules_do_not_give() {
+    caught_as(KnownBug::UnknownSignalIgnored, "swarm", &[SPEC_ORACLE]);
+    caught_as(KnownBug::ContextNotLoadedFromStore, "swarm", &[SPEC_ORACLE]);
 }
 
 #[test]

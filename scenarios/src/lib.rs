@@ -2,9 +2,19 @@
 //! (swarm testing: each seed of `swarm` enables a random subset of fault kinds).
 
 use rand::Rng;
+use sim::checkers::Violation;
 use sim::faults::FaultKind;
 use sim::redis_model::Durability;
 use sim::report::{run_seed, Verdict};
+use std::collections::BTreeMap;
+
+/// The invariant a `never` expectation reports under.
+pub const EXPECTATION_NEVER: &str = "expectation: never";
+/// `explore` judges `sometimes` expectations only over at least this many seeds of a scenario.
+pub const EXPECTATION_SEEDS_MIN: u64 = 50;
+
+/// What a healthy Redis and Copilot must never show.
+const HEALTHY_REDIS: &[&str] = &["lease lost while working", "commits rejected by fence", "redis writes lost in crashes"];
 use sim::world::{stream, Options, STREAM_OPTIONS};
 
 pub struct Scenario {
@@ -13,6 +23,12 @@ pub struct Scenario {
     /// Part of the default set (`explore` without `--scenario`, the seeded tests). A scenario
     /// that shows what a setting *loses* rather than what the orchestrator must survive is not.
     pub in_default: bool,
+    /// Counters that must be reached across this scenario's seeds (Antithesis' "sometimes"):
+    /// a scenario whose faults never bite proves nothing.
+    pub sometimes: &'static [&'static str],
+    /// Counters that must stay at zero in every seed of it ("always not"): a violation of the
+    /// seed that reached them.
+    pub never: &'static [&'static str],
     build: fn(&mut rand_chacha::ChaCha8Rng, &mut Options),
 }
 
@@ -38,6 +54,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "swarm",
  in_default: true,
+        sometimes: &["commits", "submissions", "no-signal hand-offs", "replays served", "lease lost while working"],
+        never: &["redis writes lost in crashes"],
         about: "every option random; each seed enables a random subset of fault kinds",
         build: |r, o| {
             common(r, o);
@@ -47,6 +65,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "latency",
  in_default: true,
+        sometimes: &["copilot calls in a latency spike", "copilot calls failed or timed out", "503 retry later", "submissions"],
+        never: HEALTHY_REDIS,
         about: "Copilot latency spikes above the lease TTL, many turns in flight",
         build: |r, o| {
             common(r, o);
@@ -57,6 +77,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "copilot",
  in_default: true,
+        sometimes: &["copilot replies off the contract", "copilot calls failed or timed out", "submissions"],
+        never: HEALTHY_REDIS,
         about: "Copilot misbehaves: HTTP 500s, bodies that are not JSON or cut short, payloads off the contract, slow spikes",
         build: |r, o| {
             common(r, o);
@@ -66,6 +88,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "duplicates",
  in_default: true,
+        sometimes: &["duplicate deliveries sent", "409 in flight", "replays served", "duplicate submissions de-duplicated"],
+        never: &["lease lost while working", "commits rejected by fence", "redis writes lost in crashes", "503 retry later"],
         about: "the same request and key delivered to other workers, concurrently and late",
         build: |r, o| {
             common(r, o);
@@ -75,6 +99,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "partitions",
  in_default: true,
+        sometimes: &["redis partitions", "redis clock jumps", "lease lost while working", "commits rejected by fence", "503 retry later"],
+        never: &["redis writes lost in crashes"],
         about: "workers cut off from Redis (both ways, or replies lost) and Redis clock jumps while Copilot is slow: leases lapse under working turns",
         build: |r, o| {
             common(r, o);
@@ -86,6 +112,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "clocks",
  in_default: true,
+        sometimes: &["worker clock skews", "redis clock jumps", "lease lost while working"],
+        never: &["redis writes lost in crashes"],
         about: "Redis clock jumps and worker clocks that jump and drift, while Copilot is slow: only Redis's clock may decide a lease",
         build: |r, o| {
             common(r, o);
@@ -96,6 +124,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "crashes",
  in_default: true,
+        sometimes: &["worker crashes", "redis crashes", "replays served", "submissions"],
+        never: &["redis writes lost in crashes"],
         about: "workers crash mid-turn and restart; Redis crashes and restarts without its script cache",
         build: |r, o| {
             common(r, o);
@@ -105,6 +135,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "links",
  in_default: true,
+        sometimes: &["client links cut", "replays served", "submissions"],
+        never: HEALTHY_REDIS,
         about: "client-worker links cut or losing the workers' answers: applied turns whose answer never came are retried and must replay",
         build: |r, o| {
             common(r, o);
@@ -115,6 +147,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "lossy-redis",
         in_default: false,
+        sometimes: &["redis crashes", "redis writes lost in crashes"],
+        never: &[],
         about: "Redis crashes under a durability setting that loses acknowledged writes (appendfsync everysec, or failover to a replica lagging 100-1500 ms): shows what is lost, not in the default set",
         build: |r, o| {
             common(r, o);
@@ -130,6 +164,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "calm",
  in_default: true,
+        sometimes: &["commits", "submissions", "no-signal hand-offs"],
+        never: &["503 retry later", "409 in flight", "lease lost while working", "commits rejected by fence", "copilot calls failed or timed out", "replays served", "redis writes lost in crashes"],
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {
             common(r, o);
@@ -160,13 +196,35 @@ impl Scenario {
     }
 
     pub fn run(&self, seed: u64) -> Verdict {
-        run_seed(&self.options(seed), seed)
+        self.run_with_bug(seed, None)
     }
 
     /// The same seed with a known bug switched on in the workers.
     pub fn run_with_bug(&self, seed: u64, bug: Option<sim::KnownBug>) -> Verdict {
         let mut o = self.options(seed);
         o.known_bug = bug;
-        run_seed(&o, seed)
+        let mut v = run_seed(&o, seed);
+        v.violations.extend(self.never_reached(&v));
+        v
+    }
+
+    /// The `never` expectations this seed broke, as violations of it.
+    pub fn never_reached(&self, v: &Verdict) -> Vec<Violation> {
+        self.never
+            .iter()
+            .filter_map(|c| {
+                let n = v.counters.get(c).copied().unwrap_or(0);
+                (n > 0).then(|| Violation {
+                    invariant: EXPECTATION_NEVER,
+                    at_ms: v.sim_ms,
+                    evidence: format!("\"{c}\" happened {n} times; scenario {} must never see it", self.name),
+                })
+            })
+            .collect()
+    }
+
+    /// The `sometimes` expectations not reached by counters summed over this scenario's seeds.
+    pub fn unmet_sometimes(&self, totals: &BTreeMap<&str, u64>) -> Vec<&'static str> {
+        self.sometimes.iter().copied().filter(|c| totals.get(c).copied().unwrap_or(0) == 0).collect()
     }
 }

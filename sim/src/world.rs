@@ -124,6 +124,10 @@ pub struct RunOutput {
     /// Final record of every conversation the clients created, from the Redis model.
     pub finals: BTreeMap<String, Option<ConversationRecord>>,
     pub owners: BTreeMap<String, String>,
+    /// How many conversations each user set out to create (from the options).
+    pub workload: BTreeMap<String, u64>,
+    /// When the faults stopped.
+    pub heal_at_ms: u64,
     pub sim_ms: u64,
     /// turmoil's error (a host failed, or the run hit `run_limit_ms`).
     pub error: Option<String>,
@@ -274,7 +278,8 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         let rec = model.peek_hash_field(key.as_bytes(), b"record", u64::MAX / 2).and_then(|r| serde_json::from_slice(&r).ok());
         finals.insert(cid.clone(), rec);
     }
-    RunOutput { history: entries, finals, owners, sim_ms, error }
+    let workload = users.values().map(|u| (u.clone(), opts.conversations_per_user as u64)).collect();
+    RunOutput { history: entries, finals, owners, workload, heal_at_ms: opts.heal_at_ms, sim_ms, error }
 }
 
 /// Every host name in the world, for isolating one of them.

@@ -2,6 +2,12 @@
 //! each returns the violations it found with the evidence a person needs to start debugging.
 //! Every checker has a test below that feeds it a doctored history and watches it fire.
 
+mod progress;
+mod spec_oracle;
+
+pub use progress::{progress, PROGRESS, TERMINAL_AFTER_HEAL_MS_MAX};
+pub use spec_oracle::{spec_oracle, SPEC_ORACLE};
+
 use crate::history::{Entry, Ev, HostChange};
 use crate::world::RunOutput;
 use orchestrator::workflow::{Step, NO_SIGNAL_STREAK_MAX};
@@ -27,7 +33,7 @@ pub const NO_500_NO_HANG: &str = "8 no 500 and no hang";
 pub const CONTEXT_WELL_FORMED: &str = "10 Copilot context well-formed";
 
 /// A client request with its invoke and (if any) its answer.
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     at_ms: u64,
     req: u64,
     client: &'a str,
@@ -39,7 +45,7 @@ struct Call<'a> {
     no_answer: Option<(u64, &'a str)>,
 }
 
-fn calls(h: &[Entry]) -> Vec<Call<'_>> {
+pub(crate) fn calls(h: &[Entry]) -> Vec<Call<'_>> {
     let mut by_req: BTreeMap<u64, Call<'_>> = BTreeMap::new();
     for e in h {
         match &e.ev {
@@ -65,7 +71,7 @@ fn calls(h: &[Entry]) -> Vec<Call<'_>> {
     by_req.into_values().collect()
 }
 
-fn v(invariant: &'static str, at_ms: u64, evidence: String) -> Violation {
+pub(crate) fn v(invariant: &'static str, at_ms: u64, evidence: String) -> Violation {
     Violation { invariant, at_ms, evidence }
 }
 
@@ -475,6 +481,8 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
     all.extend(exactly_once(out));
     all.extend(no_500_no_hang(out));
     all.extend(context_well_formed(out));
+    all.extend(spec_oracle(out));
+    all.extend(progress(out));
     all
 }
 
@@ -544,6 +552,8 @@ mod tests {
             history: h,
             finals: BTreeMap::from([("c1".to_string(), Some(ConversationRecord { owner: "alice".into(), state: fin, writer_fence: 1 }))]),
             owners: BTreeMap::from([("c1".to_string(), "alice".to_string())]),
+            workload: BTreeMap::from([("alice".to_string(), 1)]),
+            heal_at_ms: 0,
             sim_ms: 10,
             error: None,
         }
@@ -552,7 +562,15 @@ mod tests {
     fn fires(out: &RunOutput, invariant: &str) {
         let v = check(out);
         assert!(v.iter().any(|x| x.invariant == invariant), "{invariant} did not fire: {v:?}");
-        assert!(v.iter().all(|x| x.invariant == invariant), "only {invariant} should fire: {v:?}");
+        // Some doctored histories break a second rule by their nature: a state no turn's events
+        // give (the oracle sees it too), or a conversation handed to another user (its creator
+        // is then short of one).
+        let witnesses: &[&str] = match invariant {
+            EXACTLY_ONCE | NO_SIGNAL_LOOP | VALID_TRANSITIONS => &[SPEC_ORACLE],
+            CROSS_USER => &[PROGRESS],
+            _ => &[],
+        };
+        assert!(v.iter().all(|x| x.invariant == invariant || witnesses.contains(&x.invariant)), "only {invariant} should fire: {v:?}");
     }
 
     fn response_body(out: &mut RunOutput) -> &mut Value {
@@ -618,9 +636,77 @@ mod tests {
             *version = 2;
             *idem_key = "idem:{c:c1}:alice:1:k2".into();
             record["state"]["version"] = json!(2);
+            // The same turn's events applied once more, so only the fence is wrong.
+            record["state"]["turns"] = json!(2);
         }
         out.history.push(second);
         fires(&out, FENCED_WRITER);
+    }
+
+    #[test]
+    fn the_spec_oracle_fires_when_a_committed_state_is_not_what_the_rules_give() {
+        // The events set the email; the store says the conversation moved on to confirming.
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["step"] = json!("confirming");
+        }
+        fires(&out, SPEC_ORACLE);
+        // The streak grew on a turn that made progress.
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["noSignalStreak"] = json!(1);
+        }
+        fires(&out, SPEC_ORACLE);
+        // A commit no turn computed.
+        let mut out = clean();
+        if let Ev::Transition { fence, .. } = &mut out.history[1].ev {
+            *fence = 7;
+        }
+        fires(&out, SPEC_ORACLE);
+    }
+
+    #[test]
+    fn progress_fires_when_a_user_could_not_create_or_finish_its_conversations() {
+        // Alice set out to create two conversations and has one.
+        let mut out = clean();
+        out.workload.insert("alice".into(), 2);
+        fires(&out, PROGRESS);
+        // A run in which nothing was created at all: vacuous, so it fails.
+        let mut out = clean();
+        out.history.clear();
+        out.owners.clear();
+        out.finals.clear();
+        fires(&out, PROGRESS);
+        // The conversation ended, but long after the heal.
+        let mut out = clean();
+        let t = out.heal_at_ms + TERMINAL_AFTER_HEAL_MS_MAX + 1;
+        let mut state = out.finals["c1"].clone().unwrap().state;
+        state.version = 2;
+        state.turns = 2;
+        out.history.push(Entry {
+            t_ms: t,
+            ev: Ev::Transition {
+                worker: "worker-0".into(),
+                cid: "c1".into(),
+                user: "alice".into(),
+                fence: 2,
+                from: Step::Gathering,
+                to: Step::Cancelled,
+                events: vec![Extracted { kind: "declined".into(), field: None, value: None, confidence: None }],
+            },
+        });
+        out.history.push(Entry {
+            t_ms: t,
+            ev: Ev::ModelCommit {
+                cid: "c1".into(),
+                fence: 2,
+                version: 2,
+                idem_key: "idem:{c:c1}:alice:1:k9".into(),
+                record: json!({"owner":"alice","state":state,"writerFence":2}),
+            },
+        });
+        out.sim_ms = t + 1;
+        fires(&out, PROGRESS);
     }
 
     #[test]
