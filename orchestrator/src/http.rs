@@ -78,8 +78,15 @@ fn user_of(headers: &HeaderMap, tokens: &BTreeMap<String, String>) -> Result<Str
     tokens.get(token.trim()).cloned().ok_or_else(|| unauthorized("unknown token"))
 }
 
+/// A request body: a JSON object of exactly the expected fields. (A derived `Deserialize`
+/// also accepts a JSON array in field order, so `["yes"]` would pass as `{"query":"yes"}`.)
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body: {e}")))
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+    if !v.is_object() {
+        return Err(bad("body must be a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| bad(format!("body: {e}")))
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,7 @@ pub const EXPECTATION_SEEDS_MIN: u64 = 50;
 
 /// What a healthy Redis and Copilot must never show.
 const HEALTHY_REDIS: &[&str] = &["lease lost while working", "commits rejected by fence", "redis writes lost in crashes"];
-use sim::world::{stream, Options, STREAM_OPTIONS};
+use sim::world::{stream, Options, STREAM_ATTACKERS, STREAM_OPTIONS};
 
 pub struct Scenario {
     pub name: &'static str,
@@ -54,7 +54,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "swarm",
  in_default: true,
-        sometimes: &["commits", "submissions", "no-signal hand-offs", "replays served", "lease lost while working"],
+        sometimes: &["commits", "submissions", "no-signal hand-offs", "replays served", "lease lost while working", "hostile requests"],
         never: &["redis writes lost in crashes"],
         about: "every option random; each seed enables a random subset of fault kinds",
         build: |r, o| {
@@ -164,7 +164,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "calm",
  in_default: true,
-        sometimes: &["commits", "submissions", "no-signal hand-offs"],
+        sometimes: &["commits", "submissions", "no-signal hand-offs", "hostile requests"],
         never: &["503 retry later", "409 in flight", "lease lost while working", "commits rejected by fence", "copilot calls failed or timed out", "replays served", "redis writes lost in crashes"],
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {
@@ -192,6 +192,8 @@ impl Scenario {
     pub fn options(&self, seed: u64) -> Options {
         let mut o = Options::base(self.name);
         (self.build)(&mut stream(seed, STREAM_OPTIONS), &mut o);
+        // A stream of its own, so adding attackers changed no other option of any seed.
+        o.attackers = stream(seed, STREAM_ATTACKERS).random_bool(0.5);
         o
     }
 

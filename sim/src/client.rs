@@ -49,6 +49,92 @@ struct Answer {
     body: Value,
 }
 
+/// How a request authenticates.
+#[derive(Debug, Clone)]
+enum Auth {
+    /// The user's own token.
+    Own,
+    Missing,
+    Token(String),
+}
+
+/// One request as a client sends it.
+struct Req<'a> {
+    worker: usize,
+    user: &'a str,
+    op: &'static str,
+    method: &'static str,
+    path: String,
+    cid: Option<&'a str>,
+    key: Option<&'a str>,
+    body: Vec<u8>,
+    query: Option<String>,
+    duplicate: bool,
+    auth: Auth,
+    /// The statuses the contract allows for this (hostile) request; `None` for a well-formed
+    /// request of the user's own, whose only acceptable 4xx is a 409.
+    expect: Option<Vec<u16>>,
+}
+
+impl<'a> Req<'a> {
+    fn turn(worker: usize, user: &'a str, cid: &'a str, key: &'a str, query: &str, duplicate: bool) -> Self {
+        Req {
+            worker,
+            user,
+            op: "turn",
+            method: "POST",
+            path: format!("/v1/conversations/{cid}/turns"),
+            cid: Some(cid),
+            key: Some(key),
+            body: json!({ "query": query }).to_string().into_bytes(),
+            query: Some(query.to_string()),
+            duplicate,
+            auth: Auth::Own,
+            expect: None,
+        }
+    }
+
+    fn create(worker: usize, user: &'a str, body: Vec<u8>, auth: Auth, expect: Option<Vec<u16>>) -> Self {
+        Req {
+            worker,
+            user,
+            op: "create",
+            method: "POST",
+            path: "/v1/conversations".into(),
+            cid: None,
+            key: None,
+            body,
+            query: None,
+            duplicate: false,
+            auth,
+            expect,
+        }
+    }
+
+    fn read(worker: usize, user: &'a str, cid: &'a str, auth: Auth, expect: Vec<u16>) -> Self {
+        Req {
+            worker,
+            user,
+            op: "read",
+            method: "GET",
+            path: format!("/v1/conversations/{cid}"),
+            cid: Some(cid),
+            key: None,
+            body: Vec::new(),
+            query: None,
+            duplicate: false,
+            auth,
+            expect: Some(expect),
+        }
+    }
+
+    fn hostile(mut self, auth: Auth, expect: Vec<u16>) -> Self {
+        self.auth = auth;
+        self.expect = Some(expect);
+        self
+    }
+}
+
 struct Client {
     name: String,
     shared: Arc<Shared>,
@@ -82,32 +168,20 @@ impl Client {
     }
 
     /// One HTTP request to one worker, logged as invoke + response.
-    #[allow(clippy::too_many_arguments)]
-    async fn request(
-        &self,
-        worker: usize,
-        user: &str,
-        op: &str,
-        method: &str,
-        path: String,
-        cid: Option<&str>,
-        key: Option<&str>,
-        body: Value,
-        duplicate: bool,
-    ) -> Option<Answer> {
+    async fn request(&self, r: Req<'_>) -> Option<Answer> {
         let req = self.shared.next_req.fetch_add(1, Ordering::SeqCst);
-        let host = format!("worker-{worker}");
-        let query = body.get("query").and_then(|q| q.as_str()).map(String::from);
+        let host = format!("worker-{}", r.worker);
         self.shared.history.push(Ev::Invoke {
             req,
             client: self.name.clone(),
-            user: user.into(),
+            user: r.user.into(),
             worker: host.clone(),
-            op: op.into(),
-            cid: cid.map(String::from),
-            key: key.map(String::from),
-            query,
-            duplicate,
+            op: r.op.into(),
+            cid: r.cid.map(String::from),
+            key: r.key.map(String::from),
+            query: r.query.clone(),
+            duplicate: r.duplicate,
+            expect: r.expect.clone(),
         });
         let fut = async {
             let io = TurmoilConnector.connect(&host, 80).await.map_err(|e| format!("connect: {e}"))?;
@@ -116,16 +190,17 @@ impl Client {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut b = hyper::Request::builder()
-                .method(method)
-                .uri(path.as_str())
-                .header("host", host.as_str())
-                .header("authorization", format!("Bearer {}", token_of(user)));
-            if let Some(k) = key {
+            let mut b = hyper::Request::builder().method(r.method).uri(r.path.as_str()).header("host", host.as_str());
+            match &r.auth {
+                Auth::Own => b = b.header("authorization", format!("Bearer {}", token_of(r.user))),
+                Auth::Token(t) => b = b.header("authorization", format!("Bearer {t}")),
+                Auth::Missing => {}
+            }
+            if let Some(k) = r.key {
                 b = b.header("idempotency-key", k);
             }
-            let r = b.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| e.to_string())?;
-            let resp = tx.send_request(r).await.map_err(|e| format!("send: {e}"))?;
+            let req = b.body(Full::new(Bytes::from(r.body.clone()))).map_err(|e| e.to_string())?;
+            let resp = tx.send_request(req).await.map_err(|e| format!("send: {e}"))?;
             let status = resp.status().as_u16();
             let retry_after = resp.headers().contains_key("retry-after");
             let bytes = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
@@ -164,16 +239,14 @@ impl Client {
     /// Sends one turn until it is answered 200 (or other final status), with retries under the
     /// same key; returns the final 200 body, if any.
     async fn turn(self: &Arc<Self>, user: &str, cid: &str, key: &str, query: &str) -> Option<Value> {
-        let path = format!("/v1/conversations/{cid}/turns");
-        let body = json!({ "query": query });
         for attempt in 0..TURN_ATTEMPTS_MAX {
             let w = self.worker(None);
             let dup = self.duplicates_now();
-            let primary = self.request(w, user, "turn", "POST", path.clone(), Some(cid), Some(key), body.clone(), false);
+            let primary = self.request(Req::turn(w, user, cid, key, query, false));
             let answer = match dup {
                 Some((concurrent, _)) if self.chance(concurrent) => {
                     let other = self.worker(Some(w));
-                    let second = self.request(other, user, "turn", "POST", path.clone(), Some(cid), Some(key), body.clone(), true);
+                    let second = self.request(Req::turn(other, user, cid, key, query, true));
                     let (a, b) = tokio::join!(primary, second);
                     match (a, b) {
                         (Some(a), _) if a.status == 200 => Some(a),
@@ -190,11 +263,11 @@ impl Client {
                             // Held, then released: it may arrive after later turns committed.
                             let other = self.worker(Some(w));
                             let delay = self.below(LATE_DUPLICATE_DELAY_MS_MAX + 1);
-                            let (me, user, cid, key, path, body) =
-                                (self.clone(), user.to_string(), cid.to_string(), key.to_string(), path.clone(), body.clone());
+                            let (me, user, cid, key, query) =
+                                (self.clone(), user.to_string(), cid.to_string(), key.to_string(), query.to_string());
                             let h = tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                                me.request(other, &user, "turn", "POST", path, Some(&cid), Some(&key), body, true).await;
+                                me.request(Req::turn(other, &user, &cid, &key, &query, true)).await;
                             });
                             self.late.lock().unwrap_or_else(|p| p.into_inner()).push(h);
                         }
@@ -212,7 +285,7 @@ impl Client {
     async fn create(&self, user: &str, wf: &str) -> Option<String> {
         for attempt in 0..CREATE_ATTEMPTS_MAX {
             let w = self.worker(None);
-            match self.request(w, user, "create", "POST", "/v1/conversations".into(), None, None, json!({ "workflow": wf }), false).await {
+            match self.request(Req::create(w, user, json!({ "workflow": wf }).to_string().into_bytes(), Auth::Own, None)).await {
                 Some(a) if a.status == 201 => return a.body["id"].as_str().map(String::from),
                 _ => self.backoff(attempt).await,
             }
@@ -306,6 +379,94 @@ fn terminal(v: &Option<Value>) -> bool {
     v.as_ref().and_then(|v| v["workflowState"]["step"].as_str()).and_then(Step::parse).is_some_and(Step::is_terminal)
 }
 
+/// Hostile requests one attacker sends over a run (besides its own conversation).
+pub const HOSTILE_REQUESTS_MAX: u64 = 12;
+/// Spacing of an attacker's requests.
+const HOSTILE_GAP_MS_MAX: u64 = 1_500;
+
+/// The attacker of client host `idx`.
+pub fn attacker_of(idx: usize) -> String {
+    format!("m{idx}")
+}
+
+impl Client {
+    /// A hostile user: it has a conversation of its own (to send malformed requests to and to
+    /// reuse keys in), and between them reads and drives conversations that are not its own
+    /// (learned ids and guessed ones), uses bad or no tokens, and sends malformed bodies. Every
+    /// such request carries the statuses the contract allows for it; at the end it cancels its
+    /// own conversation, so it too ends terminal.
+    async fn attacker(self: &Arc<Self>, me: String) {
+        let start = self.below(self.shared.opts.heal_at_ms / 2 + 1);
+        tokio::time::sleep(Duration::from_millis(start)).await;
+        let Some(own) = self.create(&me, "lead").await else { return };
+        self.shared.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(own.clone(), me.clone());
+        // The contract's answers; a request that reaches the store may also be a 503.
+        const NOT_FOUND: &[u16] = &[404, 503];
+        const BAD_REQUEST: &[u16] = &[400];
+        const UNAUTHORIZED: &[u16] = &[401];
+        let n = HOSTILE_REQUESTS_MAX / 2 + self.below(HOSTILE_REQUESTS_MAX / 2 + 1);
+        for i in 0..n {
+            tokio::time::sleep(Duration::from_millis(self.below(HOSTILE_GAP_MS_MAX + 1))).await;
+            let w = self.worker(None);
+            let key = format!("m-{i}");
+            let victim = {
+                let owners = self.shared.owners.lock().unwrap_or_else(|p| p.into_inner());
+                let others: Vec<String> = owners.iter().filter(|(_, o)| **o != me).map(|(c, _)| c.clone()).collect();
+                if others.is_empty() {
+                    None
+                } else {
+                    Some(others[self.below(others.len() as u64) as usize].clone())
+                }
+            };
+            let guessed = format!("{:016x}{:016x}", self.below(u64::MAX), self.below(u64::MAX));
+            let target = victim.clone().unwrap_or_else(|| guessed.clone());
+            let query = format!("company is {me}.c0.company");
+            let r = match self.below(10) {
+                // Another user's conversation (or, before any is known, a guessed id).
+                0 => Req::read(w, &me, &target, Auth::Own, NOT_FOUND.to_vec()),
+                1 => Req::turn(w, &me, &target, &key, &query, false).hostile(Auth::Own, NOT_FOUND.to_vec()),
+                2 => Req::read(w, &me, &guessed, Auth::Own, NOT_FOUND.to_vec()),
+                // Someone else's token that the server does not know, or none at all.
+                3 => Req::read(w, &me, &target, Auth::Token("tok-nobody".into()), UNAUTHORIZED.to_vec()),
+                4 => Req::turn(w, &me, &own, &key, &query, false).hostile(Auth::Missing, UNAUTHORIZED.to_vec()),
+                5 => Req::create(w, &me, br#"{"workflow":"lead"}"#.to_vec(), Auth::Token(String::new()), Some(UNAUTHORIZED.to_vec())),
+                // Malformed requests on its own conversation.
+                6 => {
+                    let mut r = Req::turn(w, &me, &own, &key, &query, false).hostile(Auth::Own, BAD_REQUEST.to_vec());
+                    r.key = if self.chance(50) { None } else { Some("bad key!") };
+                    r
+                }
+                7 => {
+                    let bodies: [&[u8]; 5] = [b"{", br#"["yes"]"#, b"{}", br#"{"query":5}"#, br#"{"query":"x","extra":1}"#];
+                    let mut r = Req::turn(w, &me, &own, &key, &query, false).hostile(Auth::Own, BAD_REQUEST.to_vec());
+                    r.body = bodies[self.below(bodies.len() as u64) as usize].to_vec();
+                    r.query = None;
+                    r
+                }
+                8 => {
+                    let bodies: [&[u8]; 3] = [br#"{"workflow":"nope"}"#, br#"["lead"]"#, b"not json"];
+                    Req::create(w, &me, bodies[self.below(bodies.len() as u64) as usize].to_vec(), Auth::Own, Some(BAD_REQUEST.to_vec()))
+                }
+                // A key of its own, completed, sent again with another body.
+                _ => {
+                    let first = format!("{me}.c0.email");
+                    if self.turn(&me, &own, &key, &format!("email is {first}")).await.is_none() {
+                        continue;
+                    }
+                    Req::turn(w, &me, &own, &key, "phone is 5550100", false).hostile(Auth::Own, vec![422, 503])
+                }
+            };
+            self.request(r).await;
+        }
+        // Cancel, as a user would, until it takes (Copilot may garble the first "no").
+        for i in 0..LIVENESS_TURNS_MAX {
+            if terminal(&self.turn(&me, &own, &format!("m-end{i}"), "no").await) {
+                break;
+            }
+        }
+    }
+}
+
 /// The software of client host `idx`: its users' conversations, concurrently.
 pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
     let seed = shared.seed ^ (0xC11E_0000 + idx as u64);
@@ -322,6 +483,10 @@ pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
             let (c, user) = (client.clone(), user.clone());
             tasks.push(tokio::spawn(async move { c.conversation(user, conv).await }));
         }
+    }
+    if shared.opts.attackers {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move { c.attacker(attacker_of(idx)).await }));
     }
     for t in tasks {
         t.await?;

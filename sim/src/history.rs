@@ -21,6 +21,9 @@ pub enum Ev {
         key: Option<String>,
         query: Option<String>,
         duplicate: bool,
+        /// The statuses the contract allows for a hostile request (see `client`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<Vec<u16>>,
     },
     /// A client got an answer.
     Response {

@@ -45,8 +45,9 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 21] = [
+pub const COUNTERS: [&str; 22] = [
     "requests",
+    "hostile requests",
     "duplicate deliveries sent",
     "409 in flight",
     "503 retry later",
@@ -75,6 +76,7 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
     for e in h {
         match &e.ev {
             Ev::Invoke { duplicate: true, .. } => add("duplicate deliveries sent", 1),
+            Ev::Invoke { expect: Some(_), .. } => add("hostile requests", 1),
             Ev::Invoke { .. } => add("requests", 1),
             Ev::Response { status: 409, .. } => add("409 in flight", 1),
             Ev::Response { status: 503, .. } => add("503 retry later", 1),

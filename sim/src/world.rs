@@ -54,6 +54,9 @@ pub struct Options {
     pub concurrent_pct: u32,
     /// Conversations that open with a run of turns carrying no signal at all.
     pub mumble_pct: u32,
+    /// Each client host also runs an attacker (see `client::Client::attacker`).
+    #[serde(default)]
+    pub attackers: bool,
     /// A pitfall re-created in the workers by decorating their seams (see [`crate::known_bugs`]).
     pub known_bug: Option<crate::known_bugs::KnownBug>,
     /// What a Redis crash loses.
@@ -84,6 +87,7 @@ impl Options {
             noise_pct: 15,
             concurrent_pct: 20,
             mumble_pct: 10,
+            attackers: false,
             known_bug: None,
             redis_durability: Durability::FsyncAlways,
         }
@@ -113,6 +117,7 @@ pub const STREAM_WORKERS: u64 = 3;
 pub const STREAM_TURMOIL: u64 = 4;
 pub const STREAM_OPTIONS: u64 = 5;
 pub const STREAM_BUGS: u64 = 6;
+pub const STREAM_ATTACKERS: u64 = 7;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
     FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)
@@ -204,6 +209,10 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
             let user = format!("u{c}x{u}");
             users.insert(token_of(&user), user);
         }
+        if opts.attackers {
+            let m = crate::client::attacker_of(c);
+            users.insert(token_of(&m), m);
+        }
     }
     let mut worker_rng = stream(seed, STREAM_WORKERS);
     for w in 0..opts.workers {
@@ -278,7 +287,10 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         let rec = model.peek_hash_field(key.as_bytes(), b"record", u64::MAX / 2).and_then(|r| serde_json::from_slice(&r).ok());
         finals.insert(cid.clone(), rec);
     }
-    let workload = users.values().map(|u| (u.clone(), opts.conversations_per_user as u64)).collect();
+    // Users create `conversations_per_user` each; an attacker creates one of its own.
+    let attackers: Vec<String> = if opts.attackers { (0..opts.clients).map(crate::client::attacker_of).collect() } else { Vec::new() };
+    let workload =
+        users.values().map(|u| (u.clone(), if attackers.contains(u) { 1 } else { opts.conversations_per_user as u64 })).collect();
     RunOutput { history: entries, finals, owners, workload, heal_at_ms: opts.heal_at_ms, sim_ms, error }
 }
 

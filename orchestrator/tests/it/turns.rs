@@ -378,6 +378,9 @@ async fn http_answers_every_status_in_the_design_on_loopback() {
     assert_eq!(http(&base, "POST", &turns, Some("demo"), None, r#"{"query":"x"}"#).await.0, 400);
     assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("bad key!"), r#"{"query":"x"}"#).await.0, 400);
     assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k9"), r#"{"q":"x"}"#).await.0, 400);
+    // 400: a JSON array in the fields' order is not the object (serde's derive would take it).
+    assert_eq!(http(&base, "POST", &turns, Some("demo"), Some("k10"), r#"["yes"]"#).await.0, 400);
+    assert_eq!(http(&base, "POST", "/v1/conversations", Some("demo"), None, r#"["lead"]"#).await.0, 400);
     // 404: another user's conversation, unknown conversation.
     assert_eq!(http(&base, "GET", &format!("/v1/conversations/{id}"), Some("other"), None, "").await.0, 404);
     assert_eq!(http(&base, "POST", &turns, Some("other"), Some("k1"), r#"{"query":"email is a@x.io"}"#).await.0, 404);

@@ -2,9 +2,11 @@
 //! each returns the violations it found with the evidence a person needs to start debugging.
 //! Every checker has a test below that feeds it a doctored history and watches it fire.
 
+mod contract;
 mod progress;
 mod spec_oracle;
 
+pub use contract::{contract_statuses, CONTRACT_STATUS};
 pub use progress::{progress, PROGRESS, TERMINAL_AFTER_HEAL_MS_MAX};
 pub use spec_oracle::{spec_oracle, SPEC_ORACLE};
 
@@ -41,6 +43,8 @@ pub(crate) struct Call<'a> {
     worker: &'a str,
     op: &'a str,
     key: Option<&'a str>,
+    /// The statuses the contract allows, for a hostile request.
+    expect: Option<&'a [u16]>,
     answer: Option<(u64, u16, bool, &'a Value)>,
     no_answer: Option<(u64, &'a str)>,
 }
@@ -49,11 +53,20 @@ pub(crate) fn calls(h: &[Entry]) -> Vec<Call<'_>> {
     let mut by_req: BTreeMap<u64, Call<'_>> = BTreeMap::new();
     for e in h {
         match &e.ev {
-            Ev::Invoke { req, client, user, worker, op, key, .. } => {
-                by_req.insert(
-                    *req,
-                    Call { at_ms: e.t_ms, req: *req, client, user, worker, op, key: key.as_deref(), answer: None, no_answer: None },
-                );
+            Ev::Invoke { req, client, user, worker, op, key, expect, .. } => {
+                let call = Call {
+                    at_ms: e.t_ms,
+                    req: *req,
+                    client,
+                    user,
+                    worker,
+                    op,
+                    key: key.as_deref(),
+                    expect: expect.as_deref(),
+                    answer: None,
+                    no_answer: None,
+                };
+                by_req.insert(*req, call);
             }
             Ev::Response { req, status, retry_after, body } => {
                 if let Some(c) = by_req.get_mut(req) {
@@ -433,8 +446,9 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
             (Some((t, 503, false, _)), _) => {
                 found.push(v(NO_500_NO_HANG, t, format!("request {} via {} got 503 without Retry-After", c.req, c.worker)))
             }
-            // The simulated clients are well-behaved: a 4xx other than 409 is the server's fault.
-            (Some((t, s, _, body)), _) if (400..500).contains(&s) && s != 409 => {
+            // A user's own well-formed request: a 4xx other than 409 is the server's fault. (A
+            // hostile request's status is invariant 13's.)
+            (Some((t, s, _, body)), _) if (400..500).contains(&s) && s != 409 && c.expect.is_none() => {
                 found.push(v(
                     NO_500_NO_HANG,
                     t,
@@ -483,6 +497,7 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
     all.extend(context_well_formed(out));
     all.extend(spec_oracle(out));
     all.extend(progress(out));
+    all.extend(contract_statuses(out));
     all
 }
 
@@ -515,6 +530,7 @@ mod tests {
                     key: Some("k".into()),
                     query: Some("email is alice.c0.email".into()),
                     duplicate: false,
+                    expect: None,
                 },
             },
             Entry {
@@ -666,6 +682,26 @@ mod tests {
     }
 
     #[test]
+    fn contract_statuses_fire_when_a_hostile_request_gets_an_answer_the_contract_does_not_give() {
+        // Another user's conversation read: the contract says 404; the server answered 200.
+        let mut out = clean();
+        if let Ev::Invoke { user, op, expect, .. } = &mut out.history[0].ev {
+            *user = "mallory".into();
+            *op = "read".into();
+            *expect = Some(vec![404, 503]);
+        }
+        out.workload.insert("mallory".into(), 0);
+        let v = check(&out);
+        assert!(v.iter().any(|x| x.invariant == CONTRACT_STATUS), "{v:?}");
+        // The same request answered 404 passes invariant 13.
+        let mut out2 = out.clone();
+        if let Ev::Response { status, .. } = &mut out2.history[3].ev {
+            *status = 404;
+        }
+        assert!(check(&out2).iter().all(|x| x.invariant != CONTRACT_STATUS));
+    }
+
+    #[test]
     fn progress_fires_when_a_user_could_not_create_or_finish_its_conversations() {
         // Alice set out to create two conversations and has one.
         let mut out = clean();
@@ -808,6 +844,7 @@ mod tests {
                 key: Some("k".into()),
                 query: None,
                 duplicate: true,
+                expect: None,
             },
         });
         let mut body = response_body(&mut out).clone();
