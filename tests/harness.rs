@@ -226,3 +226,15 @@ fn a_run_in_which_nothing_works_fails_on_progress() {
         v.violations
     );
 }
+
+/// Regression, found by the attackers: `swarm` seed 11 sends a JSON array as a request body
+/// (`["yes"]` or `["lead"]`), which serde's derived `Deserialize` took as the object (a turn
+/// applied, a conversation created). The contract says 400; bodies must be JSON objects.
+/// (Checked: with the object check in `http::parse_body` removed, this seed fails on invariant 13.)
+#[test]
+fn regression_swarm_seed_11_a_json_array_body_is_a_400() {
+    let v = find("swarm").unwrap().run(11);
+    let arrays = v.history.iter().filter(|e| matches!(&e.ev, sim::history::Ev::Invoke { expect: Some(x), .. } if x == &vec![400])).count();
+    assert!(arrays > 0, "seed 11 no longer sends malformed requests: the regression test lost its teeth");
+    assert!(v.passed(), "{:?}", v.violations);
+}
