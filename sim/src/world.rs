@@ -26,6 +26,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 pub const REDIS_PORT: u16 = 6379;
 pub const HTTP_PORT: u16 = 80;
+/// The workers' Redis connect and reply timeouts.
+pub const REDIS_RESPONSE_TIMEOUT_MS: u64 = 1_000;
 
 /// Everything a run depends on besides the seed; printed in full before a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +95,21 @@ impl Options {
         }
     }
 
+    /// The longest a request may wait for its answer, by the configuration: the acquire
+    /// deadline, the Copilot deadline, one Redis reply timeout for each store call a turn can
+    /// block on (Begin, an extension, Commit, a release), connecting (`net::CONNECT_ATTEMPTS_MAX`
+    /// tries) and the network both ways, with one tick of slack.
+    pub fn answer_bound_ms(&self) -> u64 {
+        const STORE_CALLS_MAX: u64 = 4;
+        let connect = crate::net::CONNECT_ATTEMPTS_MAX as u64 * (crate::net::CONNECT_RETRY_MS + 2 * self.net_latency_ms.1);
+        self.acquire_deadline_ms
+            + self.copilot_timeout_ms
+            + STORE_CALLS_MAX * REDIS_RESPONSE_TIMEOUT_MS
+            + connect
+            + 4 * self.net_latency_ms.1
+            + self.tick_ms
+    }
+
     pub fn turn_config(&self) -> TurnConfig {
         TurnConfig {
             lease_ttl_ms: self.lease_ttl_ms,
@@ -133,6 +150,8 @@ pub struct RunOutput {
     pub workload: BTreeMap<String, u64>,
     /// When the faults stopped.
     pub heal_at_ms: u64,
+    /// The longest an answer may take, by the configuration ([`Options::answer_bound_ms`]).
+    pub answer_bound_ms: u64,
     pub sim_ms: u64,
     /// turmoil's error (a host failed, or the run hit `run_limit_ms`).
     pub error: Option<String>,
@@ -236,8 +255,8 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
             let (clock, bug) = (clock.clone(), bug.clone());
             async move {
                 let redis_cfg = RedisConfig {
-                    connect_timeout_ms: 1_000,
-                    response_timeout_ms: 1_000,
+                    connect_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
+                    response_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
                     reconnect_backoff_base_ms: 50,
                     reconnect_backoff_max_ms: 1_000,
                 };
@@ -291,7 +310,16 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     let attackers: Vec<String> = if opts.attackers { (0..opts.clients).map(crate::client::attacker_of).collect() } else { Vec::new() };
     let workload =
         users.values().map(|u| (u.clone(), if attackers.contains(u) { 1 } else { opts.conversations_per_user as u64 })).collect();
-    RunOutput { history: entries, finals, owners, workload, heal_at_ms: opts.heal_at_ms, sim_ms, error }
+    RunOutput {
+        history: entries,
+        finals,
+        owners,
+        workload,
+        heal_at_ms: opts.heal_at_ms,
+        answer_bound_ms: opts.answer_bound_ms(),
+        sim_ms,
+        error,
+    }
 }
 
 /// Every host name in the world, for isolating one of them.

@@ -2,10 +2,12 @@
 //! each returns the violations it found with the evidence a person needs to start debugging.
 //! Every checker has a test below that feeds it a doctored history and watches it fire.
 
+mod bounds;
 mod contract;
 mod progress;
 mod spec_oracle;
 
+pub use bounds::answer_bounds;
 pub use contract::{contract_statuses, CONTRACT_STATUS};
 pub use progress::{progress, PROGRESS, TERMINAL_AFTER_HEAL_MS_MAX};
 pub use spec_oracle::{spec_oracle, SPEC_ORACLE};
@@ -424,17 +426,32 @@ fn cut_windows(h: &[Entry]) -> BTreeMap<(&str, &str), Vec<(u64, u64)>> {
     w
 }
 
+/// When a request's worker was down or its client-worker link broken: such a request may go
+/// unanswered, or be answered late (it waited on a host that was off).
+pub(crate) struct Excuses<'a> {
+    down: BTreeMap<&'a str, Vec<(u64, u64)>>,
+    cut: BTreeMap<(&'a str, &'a str), Vec<(u64, u64)>>,
+}
+
+impl<'a> Excuses<'a> {
+    pub(crate) fn of(h: &'a [Entry]) -> Self {
+        Self { down: down_windows(h), cut: cut_windows(h) }
+    }
+
+    /// Whether, between `from` and `to`, `worker` was down or the link `client`–`worker` broken.
+    pub(crate) fn meanwhile(&self, client: &str, worker: &str, from: u64, to: u64) -> bool {
+        let overlaps = |ws: Option<&Vec<(u64, u64)>>| ws.is_some_and(|ws| ws.iter().any(|(a, b)| *a <= to && *b >= from));
+        overlaps(self.down.get(worker)) || overlaps(self.cut.get(&(client, worker)))
+    }
+}
+
 /// 8. Every request is answered; never with a 5xx other than 503, and a 503 says when to retry.
 /// A request may go unanswered (its client times out and retries) only if its worker crashed,
 /// or the link between its client and its worker was cut, while it waited.
 pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
-    let down = down_windows(&out.history);
-    let cut = cut_windows(&out.history);
-    let overlaps = |ws: Option<&Vec<(u64, u64)>>, from: u64, to: u64| ws.is_some_and(|ws| ws.iter().any(|(a, b)| *a <= to && *b >= from));
-    let crashed_meanwhile = |client: &str, worker: &str, from: u64, to: u64| {
-        overlaps(down.get(worker), from, to) || overlaps(cut.get(&(client, worker)), from, to)
-    };
+    let excuses = Excuses::of(&out.history);
+    let crashed_meanwhile = |client: &str, worker: &str, from: u64, to: u64| excuses.meanwhile(client, worker, from, to);
     if let Some(err) = &out.error {
         found.push(v(NO_500_NO_HANG, out.sim_ms, format!("the run did not finish: {err}")));
     }
@@ -494,6 +511,7 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
     all.extend(fresh_replay(out));
     all.extend(exactly_once(out));
     all.extend(no_500_no_hang(out));
+    all.extend(answer_bounds(out));
     all.extend(context_well_formed(out));
     all.extend(spec_oracle(out));
     all.extend(progress(out));
@@ -570,6 +588,7 @@ mod tests {
             owners: BTreeMap::from([("c1".to_string(), "alice".to_string())]),
             workload: BTreeMap::from([("alice".to_string(), 1)]),
             heal_at_ms: 0,
+            answer_bound_ms: 1_000,
             sim_ms: 10,
             error: None,
         }
@@ -679,6 +698,21 @@ mod tests {
             *fence = 7;
         }
         fires(&out, SPEC_ORACLE);
+    }
+
+    #[test]
+    fn an_answer_later_than_the_configuration_promises_fires_unless_its_worker_was_down() {
+        let mut out = clean();
+        out.history[3].t_ms = 5_000;
+        out.history.sort_by_key(|e| e.t_ms);
+        out.sim_ms = 6_000;
+        let v = answer_bounds(&out);
+        assert!(v.iter().any(|x| x.invariant == NO_500_NO_HANG && x.evidence.contains("promises 1000 ms")), "{v:?}");
+        // The same wait, while its worker was powered off: excused.
+        out.history.push(Entry { t_ms: 100, ev: Ev::HostFault { host: "worker-0".into(), change: HostChange::Crashed } });
+        out.history.push(Entry { t_ms: 4_000, ev: Ev::HostFault { host: "worker-0".into(), change: HostChange::Restarted } });
+        out.history.sort_by_key(|e| e.t_ms);
+        assert!(answer_bounds(&out).is_empty());
     }
 
     #[test]
