@@ -209,6 +209,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
             history: history.clone(),
             latency_ms: opts.copilot_latency_ms,
             heal_at_ms: opts.heal_at_ms,
+            deadline_ms: opts.copilot_timeout_ms,
             rng: Mutex::new(stream(seed, STREAM_COPILOT)),
         });
         sim.host("copilot", move || {

@@ -1,7 +1,16 @@
-//! The fake LLM: an HTTP host speaking the Copilot contract. Replies come from the scripted
-//! interpretation of the query inside the context prefix (deterministic); latency comes from
-//! the seed's distribution, or from an active latency spike in the fault plan; during a
-//! misbehaviour episode some replies break the contract in one of [`MISBEHAVIOURS`] ways.
+//! The fake LLM: an HTTP host speaking the Copilot contract, written for the harness. It reads
+//! the context prefix with its own reader (`reader`) and the user's message like a model would
+//! (`model`: bare values, hedges, guesses, corrections, confirmations only when something is
+//! being confirmed); latency comes from the seed's distribution, or from an active latency
+//! spike in the fault plan; during a misbehaviour episode some replies go wrong in one of
+//! [`MISBEHAVIOURS`] ways, including the ways models and their APIs fail: rate limits with
+//! `Retry-After`, an answer later than the orchestrator's deadline, and plausible mistakes made
+//! with medium or low confidence (which the orchestrator must not store).
+
+mod model;
+mod reader;
+
+pub use reader::{read, Seen};
 
 use crate::faults::FaultPlan;
 use crate::history::{sim_now_ms, Ev, History};
@@ -10,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use orchestrator::copilot::{CopilotReply, CopilotRequest, ScriptedCopilot};
+use orchestrator::copilot::{Activity, CopilotReply, CopilotRequest};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -24,12 +33,17 @@ pub struct CopilotHost {
     pub latency_ms: (u64, u64),
     /// Faults end here (the heal).
     pub heal_at_ms: u64,
+    /// The orchestrator's Copilot deadline: a "late" misbehaviour answers after it.
+    pub deadline_ms: u64,
     pub rng: Mutex<ChaCha8Rng>,
 }
 
 /// The ways a misbehaving reply breaks the contract.
-pub const MISBEHAVIOURS: [&str; 9] = [
+pub const MISBEHAVIOURS: [&str; 12] = [
     "http 500",
+    "rate limited",
+    "answers after the deadline",
+    "plausible mistake",
     "body not json",
     "body cut short",
     "empty reply",
@@ -42,7 +56,7 @@ pub const MISBEHAVIOURS: [&str; 9] = [
 
 /// A misbehaving reply for `answer`, and the payload it effectively carries (what the contract
 /// lets a client extract from it, for the checkers), if any.
-fn misbehave(kind: &str, answer: &CopilotReply) -> (Response, Option<Value>) {
+fn misbehave(kind: &str, answer: &CopilotReply, seen: &Seen) -> (Response, Option<Value>) {
     let payload = answer.extracted_payload.clone().unwrap_or(Value::Null);
     let with_payload = |p: Value| {
         let mut r = answer.clone();
@@ -52,6 +66,27 @@ fn misbehave(kind: &str, answer: &CopilotReply) -> (Response, Option<Value>) {
     let mut edited = payload.clone();
     match kind {
         "http 500" => ((StatusCode::INTERNAL_SERVER_ERROR, "upstream model error").into_response(), None),
+        "rate limited" => {
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": "rate_limited"}))).into_response();
+            r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("2"));
+            (r, None)
+        }
+        // A plausible mistake, made without conviction: the value put in another field still
+        // being asked for, with medium confidence, or kept where it was but only "low". Nothing
+        // may be stored from either.
+        "plausible mistake" if edited["fields"].is_object() => {
+            let fields = edited["fields"].as_object().cloned().unwrap_or_default();
+            let other = seen.missing.iter().find(|f| !fields.contains_key(*f));
+            match (fields.len(), other) {
+                (1, Some(other)) => {
+                    let value = fields.values().next().cloned().unwrap_or_default();
+                    edited["fields"] = json!({ other.as_str(): value });
+                    edited["confidence"] = json!("medium");
+                }
+                _ => edited["confidence"] = json!("low"),
+            }
+            with_payload(edited)
+        }
         "body not json" => ((StatusCode::OK, "<html><body>504 Gateway Time-out</body></html>").into_response(), None),
         "body cut short" => {
             let full = serde_json::to_string(answer).unwrap_or_default();
@@ -81,7 +116,7 @@ fn misbehave(kind: &str, answer: &CopilotReply) -> (Response, Option<Value>) {
         "payload only in the text" if edited.is_object() => {
             let mut r = answer.clone();
             r.extracted_payload = None;
-            r.activities = vec![orchestrator::copilot::Activity { kind: "message".into(), text: format!("Sure! {edited}") }];
+            r.activities = vec![Activity { kind: "message".into(), text: format!("Sure! {edited}") }];
             (Json(r).into_response(), Some(edited))
         }
         // A reply with nothing to break (no payload) goes out as it is.
@@ -93,7 +128,7 @@ async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest
     let now = sim_now_ms();
     let spike = if now < h.heal_at_ms { h.plan.copilot_spike(now) } else { None };
     let misbehaves = if now < h.heal_at_ms { h.plan.copilot_misbehaves(now) } else { None };
-    let (latency_ms, broken) = {
+    let (mut latency_ms, broken) = {
         let mut rng = h.rng.lock().unwrap_or_else(|p| p.into_inner());
         let latency = match spike {
             Some(l) => l,
@@ -103,32 +138,47 @@ async fn reply(State(h): State<Arc<CopilotHost>>, Json(req): Json<CopilotRequest
             misbehaves.filter(|pct| rng.random_range(0..100) < *pct).map(|_| MISBEHAVIOURS[rng.random_range(0..MISBEHAVIOURS.len())]);
         (latency, broken)
     };
+    if broken == Some("answers after the deadline") {
+        latency_ms = latency_ms.max(h.deadline_ms + 500);
+    }
     // Every value in the context must belong to the asking user: a context built from someone
     // else's state (or a stale cache) shows up here, before it can reach any answer.
-    match orchestrator::context::parse(&req.text) {
+    let seen = read(&req.text);
+    match &seen {
         Ok(ctx) => {
-            for (field, value) in &ctx.collected_data {
+            for (field, value) in &ctx.collected {
+                let value = value.as_str().unwrap_or_default();
                 let owner = value.split('.').next().unwrap_or("");
                 if owner != req.user_id {
                     h.history.push(Ev::CopilotSawForeignData {
                         cid: req.conversation_id.clone(),
                         user: req.user_id.clone(),
                         field: field.clone(),
-                        value: value.clone(),
+                        value: value.to_string(),
                     });
                 }
             }
         }
         Err(e) => h.history.push(Ev::CopilotBadContext {
             cid: req.conversation_id.clone(),
-            error: e.to_string(),
+            error: e.clone(),
             text: req.text.chars().take(120).collect(),
         }),
     }
     tokio::time::sleep(Duration::from_millis(latency_ms)).await;
-    let answer = ScriptedCopilot::answer(&req.text);
+    // A prefix the model cannot follow leaves it with the raw text, as a real model would be.
+    let seen =
+        seen.unwrap_or_else(|_| Seen { step: String::new(), missing: Vec::new(), collected: Default::default(), query: req.text.clone() });
+    let payload = model::interpret(&seen);
+    let text = match payload.as_ref().and_then(|p| p["intent"].as_str()) {
+        Some("provide") => "Thanks, I have noted that.",
+        Some("confirm") => "Great, submitting now.",
+        Some("decline") => "Okay, I have cancelled it.",
+        _ => "Sorry, could you say that again?",
+    };
+    let answer = CopilotReply { activities: vec![Activity { kind: "message".into(), text: text.into() }], extracted_payload: payload };
     let (response, payload) = match broken {
-        Some(kind) => misbehave(kind, &answer),
+        Some(kind) => misbehave(kind, &answer, &seen),
         None => (Json(answer.clone()).into_response(), answer.extracted_payload.clone()),
     };
     h.history.push(Ev::CopilotReply {
