@@ -23,8 +23,9 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
         KnownBug::ContextNotLoadedFromStore => ("swarm", &[LOST_DATA, FENCED_WRITER]),
         KnownBug::ContextPrefixWithoutSpaces => ("calm", &[CONTEXT_WELL_FORMED]),
         KnownBug::NoEffectsDeduplication => ("duplicates", &[EXACTLY_ONCE]),
-        // Needs a lease to lapse under a working turn while another turn writes: partitions.
-        KnownBug::BlindRecommitAfterLeaseLoss => ("partitions", &[LOST_DATA, VALID_TRANSITIONS, FENCED_WRITER, SPEC_ORACLE]),
+        // Needs a commit refused by the fence: a lease that lapses under a working turn while
+        // another turn takes it, most often when Redis's clock jumps (clocks).
+        KnownBug::BlindRecommitAfterLeaseLoss => ("clocks", &[LOST_DATA, VALID_TRANSITIONS, FENCED_WRITER, SPEC_ORACLE]),
         // A lease lapses under a slow turn, another writes, the first overwrites it.
         KnownBug::NoFencing => ("partitions", &[FENCED_WRITER]),
         // Redis expires the lease early (clock jump) while the worker's clock says it holds.

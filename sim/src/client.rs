@@ -306,14 +306,27 @@ impl Client {
             let j = self.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
-        let mut script: Vec<String> = Vec::new();
+        let mut script: Vec<Say> = Vec::new();
         for f in order {
             if self.chance(self.shared.opts.noise_pct) {
-                script.push(if self.chance(50) { "hmm, not sure".into() } else { format!("maybe {f} is {user}.guess") });
+                let spoken = f.replace('_', " ");
+                script.push(Say::Text(match self.below(4) {
+                    0 => "hmm, not sure".into(),
+                    1 => format!("maybe {spoken} is {user}.guess"),
+                    2 => format!("I think it's {user}.c{conv}.hedge"),
+                    _ => "sure".into(),
+                }));
             }
-            script.push(format!("{f} is {user}.c{conv}.{f}"));
+            if self.chance(CORRECTION_PCT) {
+                // A slip, stated plainly, then put right.
+                script.push(Say::Text(format!("{} is {user}.c{conv}.{f}.typo", f.replace('_', " "))));
+                script.push(Say::Text(format!("actually my {} is {}", f.replace('_', " "), value_for(&user, conv, f))));
+            } else {
+                script.push(Say::Value(f));
+            }
         }
-        script.push(if self.chance(5) { "no".into() } else { "yes".into() });
+        let confirm = ["yes", "yes please", "sounds good", "go ahead", "sure"];
+        script.push(Say::Text(if self.chance(5) { "no, cancel that".into() } else { confirm[self.below(5) as usize].into() }));
 
         let mut last: Option<Value> = None;
         // A mumbler opens with more no-signal turns than the streak bound allows: the machine
@@ -332,11 +345,14 @@ impl Client {
             let concurrent = i + 1 < script.len() - 1 && self.chance(self.shared.opts.concurrent_pct);
             if concurrent {
                 let (ka, kb) = (format!("c{conv}-{i}"), format!("c{conv}-{}", i + 1));
-                let (a, b) = tokio::join!(self.turn(&user, &cid, &ka, &script[i]), self.turn(&user, &cid, &kb, &script[i + 1]));
+                let (qa, qb) = (self.say(&script[i], &user, conv, None), self.say(&script[i + 1], &user, conv, None));
+                let (a, b) = tokio::join!(self.turn(&user, &cid, &ka, &qa), self.turn(&user, &cid, &kb, &qb));
                 last = newest(newest(last, a), b);
                 i += 2;
             } else {
-                let r = self.turn(&user, &cid, &format!("c{conv}-{i}"), &script[i]).await;
+                let asked = asked_field(&last, fields);
+                let q = self.say(&script[i], &user, conv, asked);
+                let r = self.turn(&user, &cid, &format!("c{conv}-{i}"), &q).await;
                 last = newest(last, r);
                 i += 1;
             }
@@ -353,12 +369,60 @@ impl Client {
             let q = match state["step"].as_str() {
                 Some("confirming") => "yes".to_string(),
                 _ => match fields.iter().find(|f| state["collectedData"][**f].is_null()) {
-                    Some(f) => format!("{f} is {user}.c{conv}.{f}"),
+                    Some(f) => format!("{} is {}", f.replace('_', " "), value_for(&user, conv, f)),
                     None => "yes".to_string(),
                 },
             };
             let r = self.turn(&user, &cid, &format!("c{conv}-x{extra}"), &q).await;
             last = newest(last, r);
+        }
+    }
+}
+
+/// What a user says in one turn of its script.
+enum Say {
+    Text(String),
+    /// Its value for this field, phrased when it is said (a bare value only in answer to the
+    /// question the orchestrator asked last).
+    Value(&'static str),
+}
+
+/// Share of fields a user first states wrongly, then corrects.
+const CORRECTION_PCT: u32 = 10;
+
+/// A user's value for a field: shaped as people type them, unique to the user and the
+/// conversation, and starting with the user's name (`<user>.`), so any leak shows whose it is.
+pub fn value_for(user: &str, conv: usize, field: &str) -> String {
+    match field {
+        "email" => format!("{user}.c{conv}@example.com"),
+        "phone" => format!("{user}.c{conv} +1 555 01{:02}", conv % 100),
+        "company" => format!("{user}.c{conv} Widgets Ltd"),
+        "payment_method" => format!("{user}.c{conv} Visa"),
+        "amount" => format!("{user}.c{conv} 125.00 USD"),
+        other => format!("{user}.c{conv}.{other}"),
+    }
+}
+
+/// The field the orchestrator asks for next, as the last answer shows it.
+fn asked_field(last: &Option<Value>, fields: &[&'static str]) -> Option<&'static str> {
+    let state = &last.as_ref()?["workflowState"];
+    (state["step"] == "gathering").then(|| fields.iter().copied().find(|f| state["collectedData"][*f].is_null()))?
+}
+
+impl Client {
+    fn say(&self, s: &Say, user: &str, conv: usize, asked: Option<&str>) -> String {
+        let f = match s {
+            Say::Text(t) => return t.clone(),
+            Say::Value(f) => f,
+        };
+        let (v, spoken) = (value_for(user, conv, f), f.replace('_', " "));
+        if asked == Some(*f) && self.chance(40) {
+            return v;
+        }
+        match self.below(3) {
+            0 => format!("{spoken} is {v}"),
+            1 => format!("my {spoken} is {v}"),
+            _ => format!("{}{}: {v}", spoken[..1].to_uppercase(), &spoken[1..]),
         }
     }
 }
