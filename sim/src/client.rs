@@ -299,6 +299,25 @@ impl Client {
         let wf = if self.chance(70) { "lead" } else { "payment" };
         let Some(cid) = self.create(&user, wf).await else { return };
         self.shared.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(cid.clone(), user.clone());
+        // Some people reuse their keys across their own conversations (keys are scoped by
+        // conversation, so nothing may be replayed across them); others keep them apart.
+        let kp = if self.chance(50) { format!("c{conv}") } else { "k".to_string() };
+        let last = self.drive(&user, conv, &cid, wf, &kp).await;
+        if terminal(&last) && self.chance(AFTER_END_PCT) {
+            // People keep talking after the end: more data, or a change of mind after submitting.
+            // A finished conversation stays as it is (the oracle and invariant 1 check it).
+            let q = if self.chance(50) {
+                "no, cancel that".to_string()
+            } else {
+                format!("actually my email is {}", value_for(&user, conv, "email").replace('@', ".late@"))
+            };
+            self.turn(&user, &cid, &format!("{kp}-after"), &q).await;
+        }
+    }
+
+    /// The user's script, then turns until the conversation is terminal; the newest answer.
+    async fn drive(self: &Arc<Self>, user: &str, conv: usize, cid: &str, wf: &str, kp: &str) -> Option<Value> {
+        let (user, cid) = (user.to_string(), cid.to_string());
         let fields = workflow::workflow(wf).map(|w| w.required).unwrap_or(&[]);
         // The script: every field (random order), noise, then yes (or rarely no).
         let mut order: Vec<&str> = fields.to_vec();
@@ -333,10 +352,10 @@ impl Client {
         // must hand the conversation to a human.
         if self.chance(self.shared.opts.mumble_pct) {
             for m in 0..=workflow::NO_SIGNAL_STREAK_MAX {
-                let r = self.turn(&user, &cid, &format!("c{conv}-m{m}"), "hmm").await;
+                let r = self.turn(&user, &cid, &format!("{kp}-m{m}"), "hmm").await;
                 last = newest(last, r);
                 if terminal(&last) {
-                    return;
+                    return last;
                 }
             }
         }
@@ -344,7 +363,7 @@ impl Client {
         while i < script.len() {
             let concurrent = i + 1 < script.len() - 1 && self.chance(self.shared.opts.concurrent_pct);
             if concurrent {
-                let (ka, kb) = (format!("c{conv}-{i}"), format!("c{conv}-{}", i + 1));
+                let (ka, kb) = (format!("{kp}-{i}"), format!("{kp}-{}", i + 1));
                 let (qa, qb) = (self.say(&script[i], &user, conv, None), self.say(&script[i + 1], &user, conv, None));
                 let (a, b) = tokio::join!(self.turn(&user, &cid, &ka, &qa), self.turn(&user, &cid, &kb, &qb));
                 last = newest(newest(last, a), b);
@@ -352,18 +371,18 @@ impl Client {
             } else {
                 let asked = asked_field(&last, fields);
                 let q = self.say(&script[i], &user, conv, asked);
-                let r = self.turn(&user, &cid, &format!("c{conv}-{i}"), &q).await;
+                let r = self.turn(&user, &cid, &format!("{kp}-{i}"), &q).await;
                 last = newest(last, r);
                 i += 1;
             }
             if terminal(&last) {
-                return;
+                return last;
             }
         }
         // Liveness: drive what is left to a terminal step.
         for extra in 0..LIVENESS_TURNS_MAX {
             if terminal(&last) {
-                return;
+                return last;
             }
             let state = last.as_ref().map(|v| v["workflowState"].clone()).unwrap_or(Value::Null);
             let q = match state["step"].as_str() {
@@ -373,9 +392,10 @@ impl Client {
                     None => "yes".to_string(),
                 },
             };
-            let r = self.turn(&user, &cid, &format!("c{conv}-x{extra}"), &q).await;
+            let r = self.turn(&user, &cid, &format!("{kp}-x{extra}"), &q).await;
             last = newest(last, r);
         }
+        last
     }
 }
 
@@ -387,6 +407,8 @@ enum Say {
     Value(&'static str),
 }
 
+/// Share of conversations whose user says one more thing after it has ended.
+const AFTER_END_PCT: u32 = 30;
 /// Share of fields a user first states wrongly, then corrects.
 const CORRECTION_PCT: u32 = 10;
 
