@@ -15,7 +15,7 @@ pub const EXPECTATION_SEEDS_MIN: u64 = 50;
 
 /// What a healthy Redis and Copilot must never show.
 const HEALTHY_REDIS: &[&str] = &["lease lost while working", "commits rejected by fence", "redis writes lost in crashes"];
-use sim::world::{stream, Options, STREAM_ATTACKERS, STREAM_OPTIONS};
+use sim::world::{stream, Options, StoreKind, STREAM_ATTACKERS, STREAM_OPTIONS};
 
 pub struct Scenario {
     pub name: &'static str,
@@ -159,6 +159,28 @@ pub const SCENARIOS: &[Scenario] = &[
             } else {
                 Durability::ReplicaFailover { lag_ms: r.random_range(100..=1_500) }
             };
+        },
+    },
+    Scenario {
+        name: "embedded",
+        in_default: true,
+        sometimes: &["commits", "submissions", "copilot calls in a latency spike", "duplicate deliveries sent", "client links cut", "worker clock skews"],
+        never: &["redis partitions", "redis crashes", "worker crashes", "redis writes lost in crashes"],
+        about: "the embedded store (MemStore) in one worker, its leases on the worker's own clock: Copilot faults, duplicates, client links and clock skew; no crash (losing the process loses everything by design)",
+        build: |r, o| {
+            common(r, o);
+            o.store = StoreKind::Embedded;
+            o.workers = 1;
+            o.fault_kinds = [
+                FaultKind::CopilotLatencySpike,
+                FaultKind::CopilotMisbehaves,
+                FaultKind::Duplicates,
+                FaultKind::ClientPartition,
+                FaultKind::WorkerClockSkew,
+            ]
+            .into_iter()
+            .filter(|_| r.random_bool(0.6))
+            .collect();
         },
     },
     Scenario {

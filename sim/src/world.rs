@@ -14,7 +14,9 @@ use crate::net::{TurmoilConnector, TurmoilListener};
 use crate::redis_model::{self, Durability, Model, WriteOp};
 use crate::sink::SimSink;
 use orchestrator::http::{router, serve, Api};
-use orchestrator::store::{ConversationRecord, RedisConfig, RedisStore};
+use orchestrator::store::{
+    BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, MemStore, RedisConfig, RedisStore, Store, StoreError,
+};
 use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TurnConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -64,6 +66,20 @@ pub struct Options {
     /// What a Redis crash loses.
     #[serde(default)]
     pub redis_durability: Durability,
+    /// Where the workers keep state: Redis (the model), or the embedded store in the one worker.
+    #[serde(default)]
+    pub store: StoreKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// `RedisStore` on the Redis model, any number of workers.
+    #[default]
+    Redis,
+    /// `MemStore` inside a single worker (the orchestrator's default): no Redis host; a worker
+    /// crash would lose everything by design, so no world of this kind crashes it.
+    Embedded,
 }
 
 impl Options {
@@ -92,6 +108,7 @@ impl Options {
             attackers: false,
             known_bug: None,
             redis_durability: Durability::FsyncAlways,
+            store: StoreKind::Redis,
         }
     }
 
@@ -190,7 +207,8 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
 
     let plan = Arc::new(plan.clone());
     let model = Arc::new(Mutex::new(Model::with_durability(opts.redis_durability)));
-    {
+    let embedded = opts.store == StoreKind::Embedded;
+    if !embedded {
         let (model, plan) = (model.clone(), plan.clone());
         sim.host("redis", move || {
             // A (re)started Redis has what its durability setting kept (see `Model::crash`), and
@@ -235,12 +253,18 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         }
     }
     let mut worker_rng = stream(seed, STREAM_WORKERS);
+    let mut mems: Vec<Arc<MemStore>> = Vec::new();
     for w in 0..opts.workers {
         let name = format!("worker-{w}");
         let worker_seed: u64 = worker_rng.random();
         let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
         let copilot_timeout_ms = opts.copilot_timeout_ms;
         let clock: Arc<dyn orchestrator::Clock> = Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms });
+        // The embedded store lives in the worker, on the worker's own clock.
+        let mem = embedded.then(|| Arc::new(MemStore::new(clock.clone())));
+        if let Some(m) = &mem {
+            mems.push(m.clone());
+        }
         let bug = BugSettings {
             bug: opts.known_bug,
             clock: clock.clone(),
@@ -254,27 +278,29 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.host(format!("worker-{w}"), move || {
             let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
             let (clock, bug) = (clock.clone(), bug.clone());
+            let mem = mem.clone();
             async move {
-                let redis_cfg = RedisConfig {
-                    connect_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
-                    response_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
-                    reconnect_backoff_base_ms: 50,
-                    reconnect_backoff_max_ms: 1_000,
-                };
-                let store = RedisStore::with_connector(TurmoilConnector, &format!("redis://redis:{REDIS_PORT}"), redis_cfg, worker_seed)
-                    .map_err(|e| e.to_string())?;
                 let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
                     .map_err(|e| e.to_string())?;
-                let observer = Arc::new(WorkerObserver { worker: name.clone(), history });
-                // The worker under test: orchsim's orchestrator on its seams, each seam wrapped
-                // by the known-bug decorators (plain pass-through when no bug is selected).
-                let (store, copilot) = (BuggyStore::new(store, bug.clone()), BuggyCopilot { inner: copilot, bug: bug.bug });
-                let sink = BuggyEffects { inner: sink, bug: bug.bug, rng: Mutex::new(stream(worker_seed, STREAM_BUGS)) };
-                let orch = Orchestrator::new(store, copilot, sink, clock, SeededRng::from_seed(worker_seed), cfg).with_observer(observer);
-                let api = Arc::new(Api { orchestrator: orch, tokens });
-                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
-                serve(listener, router(api)).await;
-                Ok(())
+                let worker = Worker { name, history, sink, tokens, cfg, clock, bug, seed: worker_seed };
+                match mem {
+                    Some(store) => {
+                        let history = worker.history.clone();
+                        worker.serve(RecordedMem { store, history }, copilot).await
+                    }
+                    None => {
+                        let redis_cfg = RedisConfig {
+                            connect_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
+                            response_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
+                            reconnect_backoff_base_ms: 50,
+                            reconnect_backoff_max_ms: 1_000,
+                        };
+                        let url = format!("redis://redis:{REDIS_PORT}");
+                        let store =
+                            RedisStore::with_connector(TurmoilConnector, &url, redis_cfg, worker_seed).map_err(|e| e.to_string())?;
+                        worker.serve(store, copilot).await
+                    }
+                }
             }
         });
     }
@@ -303,8 +329,13 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     entries.sort_by_key(|e| e.t_ms);
     let mut finals = BTreeMap::new();
     for cid in owners.keys() {
-        let key = orchestrator::store::keys::state(cid);
-        let rec = model.peek_hash_field(key.as_bytes(), b"record", u64::MAX / 2).and_then(|r| serde_json::from_slice(&r).ok());
+        let rec = match mems.first() {
+            Some(m) => m.load_now(cid),
+            None => {
+                let key = orchestrator::store::keys::state(cid);
+                model.peek_hash_field(key.as_bytes(), b"record", u64::MAX / 2).and_then(|r| serde_json::from_slice(&r).ok())
+            }
+        };
         finals.insert(cid.clone(), rec);
     }
     // Users create `conversations_per_user` each; an attacker creates one of its own.
@@ -325,7 +356,10 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
 
 /// Every host name in the world, for isolating one of them.
 fn host_names(opts: &Options) -> Vec<String> {
-    let mut v = vec!["redis".to_string(), "copilot".to_string()];
+    let mut v = vec!["copilot".to_string()];
+    if opts.store == StoreKind::Redis {
+        v.push("redis".into());
+    }
     v.extend((0..opts.workers).map(|w| format!("worker-{w}")));
     v.extend((0..opts.clients).map(|c| format!("client-{c}")));
     v
@@ -517,4 +551,70 @@ pub fn applied_commits(writes: &[redis_model::Write]) -> Vec<Entry> {
         out.push(Entry { t_ms: w.at_ms, ev: Ev::ModelCommit { cid, fence, version, idem_key, record } });
     }
     out
+}
+
+/// One worker host's parts: everything but its store and Copilot client.
+struct Worker {
+    name: String,
+    history: History,
+    sink: Arc<SimSink>,
+    tokens: BTreeMap<String, String>,
+    cfg: TurnConfig,
+    clock: Arc<dyn orchestrator::Clock>,
+    bug: BugSettings,
+    seed: u64,
+}
+
+impl Worker {
+    /// The worker under test: orchsim's orchestrator on its seams, each seam wrapped by the
+    /// known-bug decorators (plain pass-through when no bug is selected), serving HTTP.
+    async fn serve<S: Store, C: orchestrator::Copilot>(self, store: S, copilot: C) -> turmoil::Result {
+        let observer = Arc::new(WorkerObserver { worker: self.name.clone(), history: self.history });
+        let (store, copilot) = (BuggyStore::new(store, self.bug.clone()), BuggyCopilot { inner: copilot, bug: self.bug.bug });
+        let sink = BuggyEffects { inner: self.sink, bug: self.bug.bug, rng: Mutex::new(stream(self.seed, STREAM_BUGS)) };
+        let orch = Orchestrator::new(store, copilot, sink, self.clock, SeededRng::from_seed(self.seed), self.cfg).with_observer(observer);
+        let api = Arc::new(Api { orchestrator: orch, tokens: self.tokens });
+        let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
+        serve(listener, router(api)).await;
+        Ok(())
+    }
+}
+
+/// The embedded store with its applied commits written to the history from the store's own
+/// answers (the embedded world has no Redis write log): a commit the store accepted, stamped
+/// with the fence counter the store holds right after it.
+struct RecordedMem {
+    store: Arc<MemStore>,
+    history: History,
+}
+
+impl Store for RecordedMem {
+    async fn create(&self, cid: &str, record: &ConversationRecord) -> Result<bool, StoreError> {
+        Ok(self.store.create_now(cid, record))
+    }
+    async fn load(&self, cid: &str) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self.store.load_now(cid))
+    }
+    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
+        Ok(self.store.begin_now(a))
+    }
+    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
+        let outcome = self.store.commit_now(a);
+        if outcome == CommitOutcome::Committed {
+            self.history.push(Ev::ModelCommit {
+                cid: a.cid.into(),
+                fence: self.store.fence_now(a.cid),
+                version: a.record.state.version,
+                idem_key: a.idem_key.into(),
+                record: serde_json::to_value(a.record).unwrap_or_default(),
+            });
+        }
+        Ok(outcome)
+    }
+    async fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> Result<bool, StoreError> {
+        Ok(self.store.release_now(cid, owner_token, idem_key))
+    }
+    async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.store.extend_now(cid, owner_token, idem_key, ttl_ms))
+    }
 }
