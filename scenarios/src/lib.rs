@@ -164,23 +164,30 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "embedded",
         in_default: true,
-        sometimes: &["commits", "submissions", "copilot calls in a latency spike", "duplicate deliveries sent", "client links cut", "worker clock skews"],
+        sometimes: &[
+            "commits",
+            "submissions",
+            "copilot calls in a latency spike",
+            "duplicate deliveries sent",
+            "client links cut",
+            "worker clock skews",
+            "lease lost while working",
+            "commits rejected by fence",
+        ],
         never: &["redis partitions", "redis crashes", "worker crashes", "redis writes lost in crashes"],
         about: "the embedded store (MemStore) in one worker, its leases on the worker's own clock: Copilot faults, duplicates, client links and clock skew; no crash (losing the process loses everything by design)",
         build: |r, o| {
             common(r, o);
             o.store = StoreKind::Embedded;
             o.workers = 1;
-            o.fault_kinds = [
-                FaultKind::CopilotLatencySpike,
-                FaultKind::CopilotMisbehaves,
-                FaultKind::Duplicates,
-                FaultKind::ClientPartition,
-                FaultKind::WorkerClockSkew,
-            ]
-            .into_iter()
-            .filter(|_| r.random_bool(0.6))
-            .collect();
+            o.fault_kinds = [FaultKind::CopilotLatencySpike, FaultKind::CopilotMisbehaves, FaultKind::Duplicates, FaultKind::ClientPartition]
+                .into_iter()
+                .filter(|_| r.random_bool(0.6))
+                .collect();
+            // The process's own clock is the only thing that can take a lease from under a
+            // turn here: always skew it, with turns racing for the lease when it jumps.
+            o.fault_kinds.push(FaultKind::WorkerClockSkew);
+            o.concurrent_pct = r.random_range(40..=80);
         },
     },
     Scenario {
