@@ -54,7 +54,16 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "swarm",
  in_default: true,
-        sometimes: &["commits", "submissions", "no-signal hand-offs", "replays served", "lease lost while working", "hostile requests"],
+        sometimes: &[
+            "commits",
+            "submissions",
+            "no-signal hand-offs",
+            "replays served",
+            "lease lost while working",
+            "hostile requests",
+            "fields corrected",
+            "turns after the end",
+        ],
         never: &["redis writes lost in crashes"],
         about: "every option random; each seed enables a random subset of fault kinds",
         build: |r, o| {
@@ -77,7 +86,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "copilot",
  in_default: true,
-        sometimes: &["copilot replies off the contract", "copilot calls failed or timed out", "submissions"],
+        sometimes: &["copilot replies off the contract", "copilot calls failed or timed out", "copilot rate limits and late answers", "submissions"],
         never: HEALTHY_REDIS,
         about: "Copilot misbehaves: HTTP 500s, bodies that are not JSON or cut short, payloads off the contract, slow spikes",
         build: |r, o| {
@@ -193,7 +202,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "calm",
  in_default: true,
-        sometimes: &["commits", "submissions", "no-signal hand-offs", "hostile requests"],
+        sometimes: &["commits", "submissions", "no-signal hand-offs", "hostile requests", "fields corrected", "turns after the end"],
         never: &["503 retry later", "409 in flight", "lease lost while working", "commits rejected by fence", "copilot calls failed or timed out", "replays served", "redis writes lost in crashes"],
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {

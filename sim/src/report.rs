@@ -45,7 +45,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 22] = [
+pub const COUNTERS: [&str; 25] = [
     "requests",
     "hostile requests",
     "duplicate deliveries sent",
@@ -58,6 +58,9 @@ pub const COUNTERS: [&str; 22] = [
     "copilot calls in a latency spike",
     "copilot replies off the contract",
     "copilot calls failed or timed out",
+    "copilot rate limits and late answers",
+    "fields corrected",
+    "turns after the end",
     "submissions",
     "duplicate submissions de-duplicated",
     "no-signal hand-offs",
@@ -72,8 +75,25 @@ pub const COUNTERS: [&str; 22] = [
 
 fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
     let mut c: BTreeMap<&'static str, u64> = COUNTERS.iter().map(|k| (*k, 0)).collect();
+    // Per conversation, the data of its last applied commit: a commit that changes a field
+    // already there is a correction.
+    let mut data: BTreeMap<&str, &serde_json::Value> = BTreeMap::new();
     let mut add = |k: &'static str, n: u64| *c.entry(k).or_default() += n;
     for e in h {
+        if let Ev::ModelCommit { cid, record, .. } = &e.ev {
+            let now = &record["state"]["collectedData"];
+            if let (Some(before), Some(after)) = (data.get(cid.as_str()).and_then(|d| d.as_object()), now.as_object()) {
+                add("fields corrected", after.iter().filter(|(f, v)| before.get(*f).is_some_and(|b| b != *v)).count() as u64);
+            }
+            data.insert(cid, now);
+        }
+        match &e.ev {
+            Ev::CopilotReply { misbehaviour: Some(m), .. } if m == "rate limited" || m == "answers after the deadline" => {
+                add("copilot rate limits and late answers", 1)
+            }
+            Ev::Transition { from, .. } if from.is_terminal() => add("turns after the end", 1),
+            _ => {}
+        }
         match &e.ev {
             Ev::Invoke { duplicate: true, .. } => add("duplicate deliveries sent", 1),
             Ev::Invoke { expect: Some(_), .. } => add("hostile requests", 1),

@@ -454,7 +454,6 @@ fn redis_model_matches_real_redis_on_random_command_sequences() {
         }
     }
     assert_eq!(compared, sequences * COMMANDS_PER_SEQUENCE);
-    let _ = first;
     eprintln!("{sequences} sequences, {compared} commands, {} distinct reply shapes", shapes.len());
     eprintln!("outcomes: {seen:?}");
     eprintln!("shapes: {shapes:?}");

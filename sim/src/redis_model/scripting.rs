@@ -256,11 +256,10 @@ fn lua_to_reply(v: &LuaValue) -> Reply {
 }
 
 /// `redis.call`'s arguments as a command: strings as they are, numbers as `%.17g`.
-fn command_args(lua: &Lua, args: MultiValue) -> Result<Vec<Vec<u8>>, &'static str> {
+fn command_args(args: MultiValue) -> Result<Vec<Vec<u8>>, &'static str> {
     if args.is_empty() {
         return Err("Please specify at least one argument for this redis lib call");
     }
-    let _ = lua;
     args.into_iter()
         .map(|a| match a {
             LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
@@ -293,7 +292,7 @@ impl Scripting {
         let g = lua.globals();
         let rcall = lua
             .create_function(|lua, args: MultiValue| {
-                let parsed = command_args(lua, args);
+                let parsed = command_args(args);
                 let mut ctx = lua.app_data_mut::<Ctx>().ok_or_else(|| mlua::Error::runtime("redis.call outside a script"))?;
                 let (reply, failed) = match parsed {
                     Err(msg) => (Reply::Error(error_text(msg)), true),
