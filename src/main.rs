@@ -253,6 +253,24 @@ fn explore(
     }
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|v| (v.scenario.clone(), v.seed));
+    // Which invariants failed, in how many seeds, and the first seed to replay for each.
+    let mut by_invariant: std::collections::BTreeMap<&str, (usize, String)> = std::collections::BTreeMap::new();
+    for f in &failures {
+        let mut seen: Vec<&str> = f.violations.iter().map(|x| x.invariant).collect();
+        seen.dedup();
+        for inv in seen {
+            let e = by_invariant.entry(inv).or_insert_with(|| (0, format!("{} seed {}", f.scenario, f.seed)));
+            e.0 += 1;
+        }
+    }
+    if !by_invariant.is_empty() {
+        say!("\nviolated invariants (seeds, first one)");
+        let mut rows: Vec<_> = by_invariant.iter().collect();
+        rows.sort_by_key(|(inv, _)| (inv.split(' ').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX), **inv));
+        for (inv, (n, first)) in rows {
+            say!("  {inv:<44} {n:>6}   {first}");
+        }
+    }
     for v in failures.iter().take(5) {
         let trace = write_trace(v).ok();
         say!("\n{}", failure_report(v, trace.as_deref()));

@@ -238,3 +238,38 @@ fn regression_swarm_seed_11_a_json_array_body_is_a_400() {
     assert!(arrays > 0, "seed 11 no longer sends malformed requests: the regression test lost its teeth");
     assert!(v.passed(), "{:?}", v.violations);
 }
+
+/// Found by the hang-up users: a turn whose client closed the connection before the answer was
+/// dropped with its request handler — after it had taken the lease — so the lease and the key's
+/// in-flight marker stayed until the TTL (the same key answered 409 meanwhile) and the turn's
+/// work was lost (invariant 14). Turns now run detached from their connection.
+/// (Checked: with `http::serve`'s `half_close(true)` and `detached` removed, this seed fails.)
+#[test]
+fn regression_calm_seed_3_a_turn_whose_client_hangs_up_still_ends() {
+    let v = find("calm").unwrap().run(3);
+    let hung_up =
+        v.history.iter().filter(|e| matches!(&e.ev, sim::history::Ev::NoResponse { reason, .. } if reason.starts_with("hung up"))).count();
+    assert!(hung_up > 0, "seed 3 no longer hangs up mid-turn: the regression test lost its teeth");
+    assert!(v.passed(), "{:?}", v.violations);
+}
+
+/// Found by the same users: a request whose client half-closed its connection after sending
+/// it (`nc -N`, HTTP/1.0 clients) got no answer at all — hyper took the end of the request
+/// stream for a hang-up (invariant 8). Half-closed requests are now answered.
+#[test]
+fn regression_calm_seed_17_a_half_closed_request_is_answered() {
+    use sim::history::{Ev, Manner};
+    let v = find("calm").unwrap().run(17);
+    let half_closed: Vec<u64> = v
+        .history
+        .iter()
+        .filter_map(|e| match &e.ev {
+            Ev::Invoke { req, manner: Some(Manner::HalfClosed), .. } => Some(*req),
+            _ => None,
+        })
+        .collect();
+    assert!(!half_closed.is_empty(), "seed 17 no longer half-closes a request: the regression test lost its teeth");
+    let answered = v.history.iter().filter(|e| matches!(&e.ev, Ev::Response { req, .. } if half_closed.contains(req))).count();
+    assert_eq!(answered, half_closed.len(), "{:?}", v.violations);
+    assert!(v.passed(), "{:?}", v.violations);
+}

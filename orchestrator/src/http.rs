@@ -108,7 +108,7 @@ async fn create<S: Store, C: Copilot, E: Effects>(
 ) -> Result<Response, ApiError> {
     let user = user_of(&headers, &api.tokens)?;
     let b: CreateBody = parse_body(&body)?;
-    let id = api.orchestrator.create(&user, &b.workflow).await?;
+    let id = detached(async move { api.orchestrator.create(&user, &b.workflow).await }).await??;
     Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
 }
 
@@ -127,7 +127,7 @@ async fn turn<S: Store, C: Copilot, E: Effects>(
         .to_string();
     let b: TurnBody = parse_body(&body)?;
     let req = TurnRequest { conversation_id: cid, user, idempotency_key: key, query: b.query };
-    let resp = api.orchestrator.turn(&req).await?;
+    let resp = detached(async move { api.orchestrator.turn(&req).await }).await??;
     Ok(Json(resp).into_response())
 }
 
@@ -139,6 +139,19 @@ async fn read<S: Store, C: Copilot, E: Effects>(
     let user = user_of(&headers, &api.tokens)?;
     let state = api.orchestrator.get(&user, &cid).await?;
     Ok(Json(json!({"workflowState": state})).into_response())
+}
+
+/// Runs a state-changing operation in a task of its own, so that it finishes even if this
+/// request's handler is dropped (the client hung up, or the connection failed): a turn that
+/// took the lease always commits or hands the lease back, and its answer is kept for the
+/// client's retry under the same key; a created conversation is never half-made. (Releasing
+/// the lease from a drop guard instead would throw away a Copilot call already paid for, and
+/// an answer the client's retry could have been given.)
+async fn detached<T: Send + 'static>(op: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, ApiError> {
+    tokio::spawn(op).await.map_err(|e| {
+        tracing::error!(error = %e, "request task failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -166,7 +179,10 @@ pub async fn serve<L: axum::serve::Listener>(mut listener: L, router: Router) {
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let mut b = hyper::server::conn::http1::Builder::new();
+            // Half-closed requests are answered: a client may shut down its sending side once
+            // the request is out (`nc -N`, some HTTP/1.0 clients) and still read the answer.
             b.auto_date_header(false)
+                .half_close(true)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
             if let Err(e) = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc).await {

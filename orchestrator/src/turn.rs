@@ -169,6 +169,9 @@ pub enum ServerEvent {
     Transition { cid: String, user: String, fence: u64, from: Step, to: Step, events: Vec<Event> },
     Committed { cid: String, user: String, idem_key: String, fence: u64, version: u64, state: WorkflowState },
     CommitRejected { cid: String, fence: u64 },
+    // A turn that took the lease gave up without committing and handed the lease back
+    // (`released`: the store confirmed it; otherwise it lapses at its TTL).
+    Released { cid: String, fence: u64, released: bool },
     Replayed { cid: String, user: String, idem_key: String, version: u64 },
     Submitted { cid: String, key: String, duplicate: bool },
 }
@@ -331,10 +334,15 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         match self.locked_turn(req, &idem_key, &fp, &owner_token, fence, record).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                if let Err(err) = self.store.release(cid, &owner_token, &idem_key).await {
-                    // The lease and the in-flight marker expire on their own.
-                    tracing::warn!(cid, error = %err, "release after failure failed");
-                }
+                let released = match self.store.release(cid, &owner_token, &idem_key).await {
+                    Ok(r) => r,
+                    Err(err) => {
+                        // The lease and the in-flight marker expire on their own.
+                        tracing::warn!(cid, error = %err, "release after failure failed");
+                        false
+                    }
+                };
+                self.emit(|| ServerEvent::Released { cid: cid.into(), fence, released });
                 Err(e)
             }
         }

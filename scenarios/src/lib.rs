@@ -15,7 +15,7 @@ pub const EXPECTATION_SEEDS_MIN: u64 = 50;
 
 /// What a healthy Redis and Copilot must never show.
 const HEALTHY_REDIS: &[&str] = &["lease lost while working", "commits rejected by fence", "redis writes lost in crashes"];
-use sim::world::{stream, Options, StoreKind, STREAM_ATTACKERS, STREAM_OPTIONS};
+use sim::world::{stream, Options, StoreKind, STREAM_ATTACKERS, STREAM_OPTIONS, STREAM_PEOPLE};
 
 pub struct Scenario {
     pub name: &'static str,
@@ -63,6 +63,9 @@ pub const SCENARIOS: &[Scenario] = &[
             "hostile requests",
             "fields corrected",
             "turns after the end",
+            "clients hung up mid-turn",
+            "half-closed or slow requests",
+            "turn limits reached",
         ],
         never: &["redis writes lost in crashes"],
         about: "every option random; each seed enables a random subset of fault kinds",
@@ -202,8 +205,20 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "calm",
  in_default: true,
-        sometimes: &["commits", "submissions", "no-signal hand-offs", "hostile requests", "fields corrected", "turns after the end"],
-        never: &["503 retry later", "409 in flight", "lease lost while working", "commits rejected by fence", "copilot calls failed or timed out", "replays served", "redis writes lost in crashes"],
+        sometimes: &[
+            "commits",
+            "submissions",
+            "no-signal hand-offs",
+            "hostile requests",
+            "fields corrected",
+            "turns after the end",
+            "clients hung up mid-turn",
+            "half-closed or slow requests",
+            "turn limits reached",
+        ],
+        // No "409 in flight" or "replays served" here: a person who hangs up and sends again
+        // meets the first attempt still working (409), or its kept answer (a replay).
+        never: &["503 retry later", "lease lost while working", "commits rejected by fence", "copilot calls failed or timed out", "redis writes lost in crashes"],
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {
             common(r, o);
@@ -232,6 +247,11 @@ impl Scenario {
         (self.build)(&mut stream(seed, STREAM_OPTIONS), &mut o);
         // A stream of its own, so adding attackers changed no other option of any seed.
         o.attackers = stream(seed, STREAM_ATTACKERS).random_bool(0.5);
+        // People's habits, likewise on a stream of their own.
+        let mut p = stream(seed, STREAM_PEOPLE);
+        o.hangup_pct = p.random_range(0..=10);
+        o.slow_pct = p.random_range(0..=10);
+        o.chatty_pct = if p.random_bool(0.5) { p.random_range(5..=25) } else { 0 };
         o
     }
 

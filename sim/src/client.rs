@@ -6,7 +6,7 @@
 //! Field values are tagged `<user>.<conversation>.<field>` so any cross-user leak shows.
 
 use crate::faults::FaultPlan;
-use crate::history::{sim_now_ms, Ev, History};
+use crate::history::{sim_now_ms, Ev, History, Manner, Meant};
 use crate::net::TurmoilConnector;
 use crate::world::Options;
 use bytes::Bytes;
@@ -69,15 +69,19 @@ struct Req<'a> {
     key: Option<&'a str>,
     body: Vec<u8>,
     query: Option<String>,
+    meant: Option<Meant>,
     duplicate: bool,
     auth: Auth,
     /// The statuses the contract allows for this (hostile) request; `None` for a well-formed
     /// request of the user's own, whose only acceptable 4xx is a 409.
     expect: Option<Vec<u16>>,
+    /// How a person's client sends it; `None`: all at once, then wait for the answer.
+    manner: Option<Manner>,
 }
 
 impl<'a> Req<'a> {
-    fn turn(worker: usize, user: &'a str, cid: &'a str, key: &'a str, query: &str, duplicate: bool) -> Self {
+    fn turn(worker: usize, user: &'a str, cid: &'a str, key: &'a str, said: &Said, duplicate: bool) -> Self {
+        let query = said.text.as_str();
         Req {
             worker,
             user,
@@ -88,9 +92,11 @@ impl<'a> Req<'a> {
             key: Some(key),
             body: json!({ "query": query }).to_string().into_bytes(),
             query: Some(query.to_string()),
+            meant: Some(said.meant.clone()),
             duplicate,
             auth: Auth::Own,
             expect: None,
+            manner: None,
         }
     }
 
@@ -105,9 +111,11 @@ impl<'a> Req<'a> {
             key: None,
             body,
             query: None,
+            meant: None,
             duplicate: false,
             auth,
             expect,
+            manner: None,
         }
     }
 
@@ -122,9 +130,11 @@ impl<'a> Req<'a> {
             key: None,
             body: Vec::new(),
             query: None,
+            meant: None,
             duplicate: false,
             auth,
             expect: Some(expect),
+            manner: None,
         }
     }
 
@@ -141,6 +151,22 @@ struct Client {
     rng: Mutex<ChaCha8Rng>,
     /// Late duplicates still on their way; the client waits for them before it finishes.
     late: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A slow client takes up to this long to send one request.
+pub const SLOW_SEND_MS_MAX: u64 = 2_000;
+
+/// Status, whether `Retry-After` was sent, and the body, of an HTTP/1.1 answer read to its end.
+fn parse_response(raw: &[u8]) -> Result<(u16, bool, Value), String> {
+    let text = String::from_utf8_lossy(raw);
+    if raw.is_empty() {
+        return Err("connection closed without an answer".into());
+    }
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("answer cut short: {text:?}"))?;
+    let status = head.get(9..12).and_then(|s| s.parse::<u16>().ok()).ok_or_else(|| format!("bad status line: {head:?}"))?;
+    let retry_after = head.lines().any(|l| l.to_ascii_lowercase().starts_with("retry-after:"));
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    Ok((status, retry_after, v))
 }
 
 /// A late duplicate is held back up to this long before it is delivered.
@@ -182,7 +208,12 @@ impl Client {
             query: r.query.clone(),
             duplicate: r.duplicate,
             expect: r.expect.clone(),
+            manner: r.manner.clone(),
+            meant: r.meant.clone(),
         });
+        if let Some(manner) = &r.manner {
+            return self.request_by_hand(req, &host, &r, manner).await;
+        }
         let fut = async {
             let io = TurmoilConnector.connect(&host, 80).await.map_err(|e| format!("connect: {e}"))?;
             let (mut tx, conn) =
@@ -223,6 +254,95 @@ impl Client {
         }
     }
 
+    /// A request written on the socket by hand, the way some clients really send them: in slow
+    /// pieces, followed by a half-close, or abandoned before the answer came.
+    async fn request_by_hand(&self, req: u64, host: &str, r: &Req<'_>, manner: &Manner) -> Option<Answer> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = format!("{} {} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n", r.method, r.path);
+        match &r.auth {
+            Auth::Own => head.push_str(&format!("authorization: Bearer {}\r\n", token_of(r.user))),
+            Auth::Token(t) => head.push_str(&format!("authorization: Bearer {t}\r\n")),
+            Auth::Missing => {}
+        }
+        if let Some(k) = r.key {
+            head.push_str(&format!("idempotency-key: {k}\r\n"));
+        }
+        head.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n\r\n", r.body.len()));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&r.body);
+        // Where a slow client's pieces end, and the pauses between them.
+        let pieces: Vec<(usize, u64)> = match manner {
+            Manner::Slow { send_ms } => {
+                let n = 2 + self.below(3) as usize;
+                let mut cuts: Vec<usize> = (1..n).map(|_| 1 + self.below(bytes.len() as u64 - 1) as usize).collect();
+                cuts.sort_unstable();
+                cuts.push(bytes.len());
+                let gap = send_ms / (n as u64 - 1).max(1);
+                cuts.into_iter().enumerate().map(|(i, c)| (c, if i + 1 < n { gap } else { 0 })).collect()
+            }
+            _ => vec![(bytes.len(), 0)],
+        };
+        let fut = async {
+            let mut io = TurmoilConnector.connect(host, 80).await.map_err(|e| format!("connect: {e}"))?;
+            let mut from = 0;
+            for (to, pause) in pieces {
+                io.write_all(&bytes[from..to]).await.map_err(|e| format!("send: {e}"))?;
+                from = to;
+                if pause > 0 {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+            if *manner == Manner::HalfClosed {
+                io.shutdown().await.map_err(|e| format!("half-close: {e}"))?;
+            }
+            let mut raw = Vec::new();
+            let read = io.read_to_end(&mut raw);
+            match manner {
+                Manner::HungUp { after_ms } => {
+                    // Closing the connection here (the stream is dropped) is the hang-up.
+                    match tokio::time::timeout(Duration::from_millis(*after_ms), read).await {
+                        Ok(r) => r.map_err(|e| format!("receive: {e}"))?,
+                        Err(_) => return Err(format!("hung up after {after_ms} ms")),
+                    };
+                }
+                _ => {
+                    read.await.map_err(|e| format!("receive: {e}"))?;
+                }
+            }
+            parse_response(&raw)
+        };
+        let outcome = match tokio::time::timeout(Duration::from_millis(REQUEST_DEADLINE_MS), fut).await {
+            Ok(o) => o,
+            Err(_) => Err(format!("no answer within {REQUEST_DEADLINE_MS} ms")),
+        };
+        match outcome {
+            Ok((status, retry_after, body)) => {
+                self.shared.history.push(Ev::Response { req, status, retry_after, body: body.clone() });
+                Some(Answer { status, body })
+            }
+            Err(reason) => {
+                self.shared.history.push(Ev::NoResponse { req, reason });
+                None
+            }
+        }
+    }
+
+    /// How this person's client sends its next turn.
+    fn manner(&self) -> Option<Manner> {
+        let o = &self.shared.opts;
+        if self.chance(o.hangup_pct) {
+            if self.chance(30) {
+                Some(Manner::HalfClosed)
+            } else {
+                Some(Manner::HungUp { after_ms: self.below(o.copilot_latency_ms.1 + 200) })
+            }
+        } else if self.chance(o.slow_pct) {
+            Some(Manner::Slow { send_ms: 100 + self.below(SLOW_SEND_MS_MAX - 99) })
+        } else {
+            None
+        }
+    }
+
     async fn backoff(&self, attempt: u32) {
         let cap = (50u64 << attempt.min(4)).min(800);
         tokio::time::sleep(Duration::from_millis(cap / 2 + self.below(cap / 2 + 1))).await;
@@ -238,15 +358,17 @@ impl Client {
 
     /// Sends one turn until it is answered 200 (or other final status), with retries under the
     /// same key; returns the final 200 body, if any.
-    async fn turn(self: &Arc<Self>, user: &str, cid: &str, key: &str, query: &str) -> Option<Value> {
+    async fn turn(self: &Arc<Self>, user: &str, cid: &str, key: &str, said: &Said) -> Option<Value> {
         for attempt in 0..TURN_ATTEMPTS_MAX {
             let w = self.worker(None);
             let dup = self.duplicates_now();
-            let primary = self.request(Req::turn(w, user, cid, key, query, false));
+            let mut first = Req::turn(w, user, cid, key, said, false);
+            first.manner = self.manner();
+            let primary = self.request(first);
             let answer = match dup {
                 Some((concurrent, _)) if self.chance(concurrent) => {
                     let other = self.worker(Some(w));
-                    let second = self.request(Req::turn(other, user, cid, key, query, true));
+                    let second = self.request(Req::turn(other, user, cid, key, said, true));
                     let (a, b) = tokio::join!(primary, second);
                     match (a, b) {
                         (Some(a), _) if a.status == 200 => Some(a),
@@ -263,11 +385,11 @@ impl Client {
                             // Held, then released: it may arrive after later turns committed.
                             let other = self.worker(Some(w));
                             let delay = self.below(LATE_DUPLICATE_DELAY_MS_MAX + 1);
-                            let (me, user, cid, key, query) =
-                                (self.clone(), user.to_string(), cid.to_string(), key.to_string(), query.to_string());
+                            let (me, user, cid, key, said) =
+                                (self.clone(), user.to_string(), cid.to_string(), key.to_string(), said.clone());
                             let h = tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                                me.request(Req::turn(other, &user, &cid, &key, &query, true)).await;
+                                me.request(Req::turn(other, &user, &cid, &key, &said, true)).await;
                             });
                             self.late.lock().unwrap_or_else(|p| p.into_inner()).push(h);
                         }
@@ -306,12 +428,13 @@ impl Client {
         if terminal(&last) && self.chance(AFTER_END_PCT) {
             // People keep talking after the end: more data, or a change of mind after submitting.
             // A finished conversation stays as it is (the oracle and invariant 1 check it).
-            let q = if self.chance(50) {
-                "no, cancel that".to_string()
+            let said = if self.chance(50) {
+                Said::decline("no, cancel that")
             } else {
-                format!("actually my email is {}", value_for(&user, conv, "email").replace('@', ".late@"))
+                let v = value_for(&user, conv, "email").replace('@', ".late@");
+                Said::field(format!("actually my email is {v}"), "email", &v)
             };
-            self.turn(&user, &cid, &format!("{kp}-after"), &q).await;
+            self.turn(&user, &cid, &format!("{kp}-after"), &said).await;
         }
     }
 
@@ -329,30 +452,53 @@ impl Client {
         for f in order {
             if self.chance(self.shared.opts.noise_pct) {
                 let spoken = f.replace('_', " ");
-                script.push(Say::Text(match self.below(4) {
-                    0 => "hmm, not sure".into(),
-                    1 => format!("maybe {spoken} is {user}.guess"),
-                    2 => format!("I think it's {user}.c{conv}.hedge"),
-                    _ => "sure".into(),
+                script.push(Say::Said(match self.below(4) {
+                    0 => Said::nothing("hmm, not sure"),
+                    1 => {
+                        let guess = format!("{user}.guess");
+                        Said {
+                            text: format!("maybe {spoken} is {guess}"),
+                            meant: Meant::Field { field: Some(f.into()), value: guess, sure: false },
+                        }
+                    }
+                    2 => {
+                        let hedge = format!("{user}.c{conv}.hedge");
+                        Said { text: format!("I think it's {hedge}"), meant: Meant::Field { field: None, value: hedge, sure: false } }
+                    }
+                    // An agreement: it answers nothing while nothing is being confirmed, and
+                    // confirms if a concurrent turn has just completed the data.
+                    _ => Said::confirm("sure"),
                 }));
             }
             if self.chance(CORRECTION_PCT) {
                 // A slip, stated plainly, then put right.
-                script.push(Say::Text(format!("{} is {user}.c{conv}.{f}.typo", f.replace('_', " "))));
-                script.push(Say::Text(format!("actually my {} is {}", f.replace('_', " "), value_for(&user, conv, f))));
+                let (spoken, slip) = (f.replace('_', " "), format!("{user}.c{conv}.{f}.typo"));
+                script.push(Say::Said(Said::field(format!("{spoken} is {slip}"), f, &slip)));
+                let v = value_for(&user, conv, f);
+                script.push(Say::Said(Said::field(format!("actually my {spoken} is {v}"), f, &v)));
             } else {
                 script.push(Say::Value(f));
             }
         }
-        let confirm = ["yes", "yes please", "sounds good", "go ahead", "sure"];
-        script.push(Say::Text(if self.chance(5) { "no, cancel that".into() } else { confirm[self.below(5) as usize].into() }));
+        let chatty = self.chance(self.shared.opts.chatty_pct);
+        if !chatty {
+            let confirm = ["yes", "yes please", "sounds good", "go ahead", "sure"];
+            script.push(Say::Said(if self.chance(5) {
+                Said::decline("no, cancel that")
+            } else {
+                Said::confirm(confirm[self.below(5) as usize])
+            }));
+        }
 
         let mut last: Option<Value> = None;
+        // Whether the newest turn was answered: only then does the user know what is asked.
+        let mut answered = true;
         // A mumbler opens with more no-signal turns than the streak bound allows: the machine
         // must hand the conversation to a human.
         if self.chance(self.shared.opts.mumble_pct) {
             for m in 0..=workflow::NO_SIGNAL_STREAK_MAX {
-                let r = self.turn(&user, &cid, &format!("{kp}-m{m}"), "hmm").await;
+                let r = self.turn(&user, &cid, &format!("{kp}-m{m}"), &Said::nothing("hmm")).await;
+                answered = r.is_some();
                 last = newest(last, r);
                 if terminal(&last) {
                     return last;
@@ -361,22 +507,42 @@ impl Client {
         }
         let mut i = 0;
         while i < script.len() {
-            let concurrent = i + 1 < script.len() - 1 && self.chance(self.shared.opts.concurrent_pct);
+            let concurrent = i + 2 < script.len() && self.chance(self.shared.opts.concurrent_pct);
             if concurrent {
                 let (ka, kb) = (format!("{kp}-{i}"), format!("{kp}-{}", i + 1));
                 let (qa, qb) = (self.say(&script[i], &user, conv, None), self.say(&script[i + 1], &user, conv, None));
                 let (a, b) = tokio::join!(self.turn(&user, &cid, &ka, &qa), self.turn(&user, &cid, &kb, &qb));
+                answered = a.is_some() && b.is_some();
                 last = newest(newest(last, a), b);
                 i += 2;
             } else {
-                let asked = asked_field(&last, fields);
+                let asked = if answered { asked_field(&last, fields) } else { None };
                 let q = self.say(&script[i], &user, conv, asked);
                 let r = self.turn(&user, &cid, &format!("{kp}-{i}"), &q).await;
+                answered = r.is_some();
                 last = newest(last, r);
                 i += 1;
             }
             if terminal(&last) {
                 return last;
+            }
+        }
+        if chatty {
+            // Never quite ready to confirm: corrections, second thoughts, questions, until the
+            // turn limit hands the conversation to a person.
+            for t in 0..CHATTY_TURNS_MAX {
+                if terminal(&last) {
+                    return last;
+                }
+                let f = fields[self.below(fields.len() as u64) as usize];
+                let (spoken, v) = (f.replace('_', " "), value_for(&user, conv, f));
+                let said = match t % 3 {
+                    0 => Said::field(format!("actually my {spoken} is {v}"), f, &v),
+                    1 => Said::nothing("hm, let me think"),
+                    _ => Said::field(format!("{spoken} is {v}"), f, &v),
+                };
+                let r = self.turn(&user, &cid, &format!("{kp}-t{t}"), &said).await;
+                last = newest(last, r);
             }
         }
         // Liveness: drive what is left to a terminal step.
@@ -385,23 +551,48 @@ impl Client {
                 return last;
             }
             let state = last.as_ref().map(|v| v["workflowState"].clone()).unwrap_or(Value::Null);
-            let q = match state["step"].as_str() {
-                Some("confirming") => "yes".to_string(),
+            let said = match state["step"].as_str() {
+                Some("confirming") => Said::confirm("yes"),
                 _ => match fields.iter().find(|f| state["collectedData"][**f].is_null()) {
-                    Some(f) => format!("{} is {}", f.replace('_', " "), value_for(&user, conv, f)),
-                    None => "yes".to_string(),
+                    Some(f) => {
+                        let v = value_for(&user, conv, f);
+                        Said::field(format!("{} is {v}", f.replace('_', " ")), f, &v)
+                    }
+                    None => Said::confirm("yes"),
                 },
             };
-            let r = self.turn(&user, &cid, &format!("{kp}-x{extra}"), &q).await;
+            let r = self.turn(&user, &cid, &format!("{kp}-x{extra}"), &said).await;
             last = newest(last, r);
         }
         last
     }
 }
 
+/// A message and what its writer meant by it.
+#[derive(Debug, Clone)]
+struct Said {
+    text: String,
+    meant: Meant,
+}
+
+impl Said {
+    fn field(text: String, field: &str, value: &str) -> Self {
+        Said { text, meant: Meant::Field { field: Some(field.into()), value: value.into(), sure: true } }
+    }
+    fn confirm(text: &str) -> Self {
+        Said { text: text.into(), meant: Meant::Confirm }
+    }
+    fn decline(text: &str) -> Self {
+        Said { text: text.into(), meant: Meant::Decline }
+    }
+    fn nothing(text: &str) -> Self {
+        Said { text: text.into(), meant: Meant::Nothing }
+    }
+}
+
 /// What a user says in one turn of its script.
 enum Say {
-    Text(String),
+    Said(Said),
     /// Its value for this field, phrased when it is said (a bare value only in answer to the
     /// question the orchestrator asked last).
     Value(&'static str),
@@ -411,6 +602,8 @@ enum Say {
 const AFTER_END_PCT: u32 = 30;
 /// Share of fields a user first states wrongly, then corrects.
 const CORRECTION_PCT: u32 = 10;
+/// A chatty user gives up talking after this many turns (the turn limit comes first).
+const CHATTY_TURNS_MAX: u32 = 60;
 
 /// A user's value for a field: shaped as people type them, unique to the user and the
 /// conversation, and starting with the user's name (`<user>.`), so any leak shows whose it is.
@@ -432,20 +625,21 @@ fn asked_field(last: &Option<Value>, fields: &[&'static str]) -> Option<&'static
 }
 
 impl Client {
-    fn say(&self, s: &Say, user: &str, conv: usize, asked: Option<&str>) -> String {
+    fn say(&self, s: &Say, user: &str, conv: usize, asked: Option<&str>) -> Said {
         let f = match s {
-            Say::Text(t) => return t.clone(),
+            Say::Said(said) => return said.clone(),
             Say::Value(f) => f,
         };
         let (v, spoken) = (value_for(user, conv, f), f.replace('_', " "));
         if asked == Some(*f) && self.chance(40) {
-            return v;
+            return Said::field(v.clone(), f, &v);
         }
-        match self.below(3) {
+        let text = match self.below(3) {
             0 => format!("{spoken} is {v}"),
             1 => format!("my {spoken} is {v}"),
             _ => format!("{}{}: {v}", spoken[..1].to_uppercase(), &spoken[1..]),
-        }
+        };
+        Said::field(text, f, &v)
     }
 }
 
@@ -506,8 +700,11 @@ impl Client {
             };
             let guessed = format!("{:016x}{:016x}", self.below(u64::MAX), self.below(u64::MAX));
             let target = victim.clone().unwrap_or_else(|| guessed.clone());
-            let query = format!("company is {me}.c0.company");
-            let r = match self.below(10) {
+            let company = format!("{me}.c0.company");
+            let query = Said::field(format!("company is {company}"), "company", &company);
+            // A key someone else has used: people's keys are easy to guess.
+            let their_key = format!("{}-{}", if self.chance(50) { "k".to_string() } else { format!("c{}", self.below(2)) }, self.below(4));
+            let r = match self.below(11) {
                 // Another user's conversation (or, before any is known, a guessed id).
                 0 => Req::read(w, &me, &target, Auth::Own, NOT_FOUND.to_vec()),
                 1 => Req::turn(w, &me, &target, &key, &query, false).hostile(Auth::Own, NOT_FOUND.to_vec()),
@@ -533,20 +730,23 @@ impl Client {
                     let bodies: [&[u8]; 3] = [br#"{"workflow":"nope"}"#, br#"["lead"]"#, b"not json"];
                     Req::create(w, &me, bodies[self.below(bodies.len() as u64) as usize].to_vec(), Auth::Own, Some(BAD_REQUEST.to_vec()))
                 }
+                // Another user's key on its own conversation: a turn of its own, never their answer.
+                9 => Req::turn(w, &me, &own, &their_key, &query, false).hostile(Auth::Own, vec![200, 503]),
                 // A key of its own, completed, sent again with another body.
                 _ => {
                     let first = format!("{me}.c0.email");
-                    if self.turn(&me, &own, &key, &format!("email is {first}")).await.is_none() {
+                    if self.turn(&me, &own, &key, &Said::field(format!("email is {first}"), "email", &first)).await.is_none() {
                         continue;
                     }
-                    Req::turn(w, &me, &own, &key, "phone is 5550100", false).hostile(Auth::Own, vec![422, 503])
+                    Req::turn(w, &me, &own, &key, &Said::field("phone is 5550100".into(), "phone", "5550100"), false)
+                        .hostile(Auth::Own, vec![422, 503])
                 }
             };
             self.request(r).await;
         }
         // Cancel, as a user would, until it takes (Copilot may garble the first "no").
         for i in 0..LIVENESS_TURNS_MAX {
-            if terminal(&self.turn(&me, &own, &format!("m-end{i}"), "no").await) {
+            if terminal(&self.turn(&me, &own, &format!("m-end{i}"), &Said::decline("no")).await) {
                 break;
             }
         }

@@ -24,6 +24,12 @@ pub enum Ev {
         /// The statuses the contract allows for a hostile request (see `client`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Vec<u16>>,
+        /// How the client sent it, when not in one go and waiting for the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manner: Option<Manner>,
+        /// What the person meant by `query` (the harness's ground truth; Copilot never sees it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meant: Option<Meant>,
     },
     /// A client got an answer.
     Response {
@@ -77,6 +83,13 @@ pub enum Ev {
         worker: String,
         cid: String,
         fence: u64,
+    },
+    /// A turn gave up after taking the lease and handed it back (`released`: the store said so).
+    Released {
+        worker: String,
+        cid: String,
+        fence: u64,
+        released: bool,
     },
     Replayed {
         worker: String,
@@ -146,6 +159,38 @@ pub enum Ev {
         accepted: bool,
         data: serde_json::Value,
     },
+}
+
+/// What a person meant by a message: known to the harness because it wrote the message, and
+/// never shown to the Copilot host, so a checker can tell "stored what the user did not say"
+/// from "Copilot misread the user".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "meant", rename_all = "snake_case")]
+pub enum Meant {
+    /// A value for a field (`None`: whichever field was being asked for); `sure: false` for a
+    /// hedge or a guess, which must not be stored.
+    Field {
+        field: Option<String>,
+        value: String,
+        sure: bool,
+    },
+    Confirm,
+    Decline,
+    /// Nothing to act on: thinking aloud, a question, a "sure" while nothing is being confirmed.
+    Nothing,
+}
+
+/// How a person's client sent a request, when it was not "all at once, then wait".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "manner", rename_all = "snake_case")]
+pub enum Manner {
+    /// Sent it, waited up to `after_ms` for the answer, then closed the connection (the tab was
+    /// closed, the phone lost signal): no answer is owed, but the turn must not be abandoned.
+    HungUp { after_ms: u64 },
+    /// Sent it and shut down its sending side (`nc -N`, HTTP/1.0 clients): still owed an answer.
+    HalfClosed,
+    /// Sent it in pieces over `send_ms` (a slow mobile link): owed an answer, that much later.
+    Slow { send_ms: u64 },
 }
 
 /// What happened to a host in a [`Ev::HostFault`].
@@ -269,6 +314,7 @@ impl Observer for WorkerObserver {
                 Ev::Committed { worker: w, cid, user, idem_key, fence, version }
             }
             ServerEvent::CommitRejected { cid, fence } => Ev::CommitRejected { worker: w, cid, fence },
+            ServerEvent::Released { cid, fence, released } => Ev::Released { worker: w, cid, fence, released },
             ServerEvent::Replayed { cid, user, idem_key, version } => Ev::Replayed { worker: w, cid, user, idem_key, version },
             ServerEvent::Submitted { cid, key, duplicate } => Ev::Submitted { worker: w, cid, key, duplicate },
         };

@@ -4,7 +4,7 @@
 
 use crate::checkers::{check, Violation};
 use crate::faults::FaultPlan;
-use crate::history::{json_lines, trace_hash, Entry, Ev, HostChange};
+use crate::history::{json_lines, trace_hash, Entry, Ev, HostChange, Manner};
 use crate::world::{self, Options};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -45,9 +45,11 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 25] = [
+pub const COUNTERS: [&str; 28] = [
     "requests",
     "hostile requests",
+    "clients hung up mid-turn",
+    "half-closed or slow requests",
     "duplicate deliveries sent",
     "409 in flight",
     "503 retry later",
@@ -64,6 +66,7 @@ pub const COUNTERS: [&str; 25] = [
     "submissions",
     "duplicate submissions de-duplicated",
     "no-signal hand-offs",
+    "turn limits reached",
     "redis partitions",
     "client links cut",
     "redis clock jumps",
@@ -92,6 +95,14 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
                 add("copilot rate limits and late answers", 1)
             }
             Ev::Transition { from, .. } if from.is_terminal() => add("turns after the end", 1),
+            Ev::NoResponse { reason, .. } if reason.starts_with("hung up") => add("clients hung up mid-turn", 1),
+            Ev::Invoke { manner: Some(Manner::HalfClosed | Manner::Slow { .. }), .. } => add("half-closed or slow requests", 1),
+            Ev::ModelCommit { record, .. }
+                if record["state"]["step"] == "needs_human"
+                    && record["state"]["turns"].as_u64() == Some(u64::from(orchestrator::workflow::TURNS_MAX)) =>
+            {
+                add("turn limits reached", 1)
+            }
             _ => {}
         }
         match &e.ev {
@@ -224,12 +235,18 @@ fn short(cid: &str) -> &str {
 /// One event as a line a person can scan; the JSON trace keeps every field.
 pub fn describe(ev: &Ev) -> String {
     match ev {
-        Ev::Invoke { req, user, worker, op, cid, key, query, duplicate, .. } => format!(
-            "#{req} {user} -> {worker} {op}{} key={} {}{}",
+        Ev::Invoke { req, user, worker, op, cid, key, query, duplicate, manner, .. } => format!(
+            "#{req} {user} -> {worker} {op}{} key={} {}{}{}",
             cid.as_deref().map(|c| format!(" c={}", short(c))).unwrap_or_default(),
             key.as_deref().unwrap_or("-"),
             query.as_deref().map(|q| format!("{q:?}")).unwrap_or_default(),
-            if *duplicate { " (duplicate)" } else { "" }
+            if *duplicate { " (duplicate)" } else { "" },
+            match manner {
+                Some(crate::history::Manner::HungUp { after_ms }) => format!(" (hangs up after {after_ms} ms)"),
+                Some(crate::history::Manner::HalfClosed) => " (half-closes)".to_string(),
+                Some(crate::history::Manner::Slow { send_ms }) => format!(" (sends over {send_ms} ms)"),
+                None => String::new(),
+            }
         ),
         Ev::Response { req, status, body, .. } => {
             let st = &body["workflowState"];
@@ -263,6 +280,9 @@ pub fn describe(ev: &Ev) -> String {
         }
         Ev::Committed { worker, cid, fence, version, .. } => format!("{worker} committed c={} fence={fence} v{version}", short(cid)),
         Ev::CommitRejected { worker, cid, fence } => format!("{worker} COMMIT REJECTED c={} fence={fence}", short(cid)),
+        Ev::Released { worker, cid, fence, released } => {
+            format!("{worker} gave up c={} fence={fence}, lease {}", short(cid), if *released { "released" } else { "left to lapse" })
+        }
         Ev::Replayed { worker, cid, version, idem_key, .. } => format!("{worker} replay c={} v{version} {idem_key}", short(cid)),
         Ev::Submitted { worker, cid, duplicate, .. } => {
             format!("{worker} submitted c={}{}", short(cid), if *duplicate { " (sink had it)" } else { "" })

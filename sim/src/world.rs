@@ -61,6 +61,15 @@ pub struct Options {
     /// Each client host also runs an attacker (see `client::Client::attacker`).
     #[serde(default)]
     pub attackers: bool,
+    /// Turns whose client hangs up before the answer (or half-closes and waits for it).
+    #[serde(default)]
+    pub hangup_pct: u32,
+    /// Turns whose client sends the request in slow pieces.
+    #[serde(default)]
+    pub slow_pct: u32,
+    /// Conversations whose user keeps talking until the turn limit hands them to a human.
+    #[serde(default)]
+    pub chatty_pct: u32,
     /// A pitfall re-created in the workers by decorating their seams (see [`crate::known_bugs`]).
     pub known_bug: Option<crate::known_bugs::KnownBug>,
     /// What a Redis crash loses.
@@ -106,6 +115,9 @@ impl Options {
             concurrent_pct: 20,
             mumble_pct: 10,
             attackers: false,
+            hangup_pct: 0,
+            slow_pct: 0,
+            chatty_pct: 0,
             known_bug: None,
             redis_durability: Durability::FsyncAlways,
             store: StoreKind::Redis,
@@ -152,6 +164,7 @@ pub const STREAM_TURMOIL: u64 = 4;
 pub const STREAM_OPTIONS: u64 = 5;
 pub const STREAM_BUGS: u64 = 6;
 pub const STREAM_ATTACKERS: u64 = 7;
+pub const STREAM_PEOPLE: u64 = 8;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
     FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)

@@ -434,3 +434,58 @@ async fn a_succeeded_commit_whose_answer_was_lost_is_submitted_once_on_the_retry
     o.turn(&yes).await.unwrap();
     assert_eq!(o.effects.accepted().len(), 1, "further replays are de-duplicated by the sink");
 }
+
+/// Writes one request by hand on a fresh connection (`Connection: close`), as clients that do
+/// not use an HTTP library send them.
+async fn raw_request(base: &str, path: &str, key: &str, body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut io = tokio::net::TcpStream::connect(base).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {base}\r\nauthorization: Bearer demo\r\nidempotency-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    io.write_all(req.as_bytes()).await.unwrap();
+    io
+}
+
+/// The simulation's hang-up users (regressions `calm` seeds 3 and 17): a request whose client
+/// shuts down its sending side is still answered, and a turn whose client hangs up before the
+/// answer still finishes — it commits and keeps its answer for the retry under the same key,
+/// instead of holding the lease and the key's in-flight marker until the lease TTL runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_or_hangs_up_mid_turn_strands_no_lease_and_loses_no_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let store = Arc::new(MemStore::new(clock));
+    let (base, _server) = spawn_server(store.clone(), copilot.clone()).await;
+    let (_, _, body) = http(&base, "POST", "/v1/conversations", Some("demo"), None, r#"{"workflow":"lead"}"#).await;
+    let turns = format!("/v1/conversations/{}/turns", body["id"].as_str().unwrap());
+    copilot.set_delay_ms(200);
+
+    // Half-closed after the request: the answer still comes.
+    let mut io = raw_request(&base, &turns, "k1", r#"{"query":"email is a@x.io"}"#).await;
+    io.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    io.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "a half-closed request got {answer:?}");
+
+    // Hung up while the turn waits on Copilot: the same key, sent again, gets the answer the
+    // abandoned request's turn committed (a replay), after at most a 409 while it finishes.
+    let io = raw_request(&base, &turns, "k2", r#"{"query":"phone is 555"}"#).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(io);
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..200 {
+        let (s, _, b) = http(&base, "POST", &turns, Some("demo"), Some("k2"), r#"{"query":"phone is 555"}"#).await;
+        last = (s, b);
+        if s != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last.0, 200, "{last:?}");
+    assert_eq!(last.1["replayed"], true, "the hung-up turn's answer was lost (or its lease held until the TTL): {last:?}");
+    assert_eq!(last.1["workflowState"]["collectedData"]["phone"], "555");
+}

@@ -6,13 +6,17 @@ mod bounds;
 mod contract;
 mod progress;
 mod spec_oracle;
+mod turns_end;
+mod user_said;
 
 pub use bounds::answer_bounds;
 pub use contract::{contract_statuses, CONTRACT_STATUS};
 pub use progress::{progress, PROGRESS, TERMINAL_AFTER_HEAL_MS_MAX};
 pub use spec_oracle::{spec_oracle, SPEC_ORACLE};
+pub use turns_end::{turns_end, TURNS_END};
+pub use user_said::{user_said, USER_SAID};
 
-use crate::history::{Entry, Ev, HostChange};
+use crate::history::{Entry, Ev, HostChange, Manner};
 use crate::world::RunOutput;
 use orchestrator::workflow::{Step, NO_SIGNAL_STREAK_MAX};
 use serde::Serialize;
@@ -44,9 +48,11 @@ pub(crate) struct Call<'a> {
     user: &'a str,
     worker: &'a str,
     op: &'a str,
+    cid: Option<&'a str>,
     key: Option<&'a str>,
     /// The statuses the contract allows, for a hostile request.
     expect: Option<&'a [u16]>,
+    manner: Option<&'a Manner>,
     answer: Option<(u64, u16, bool, &'a Value)>,
     no_answer: Option<(u64, &'a str)>,
 }
@@ -55,7 +61,7 @@ pub(crate) fn calls(h: &[Entry]) -> Vec<Call<'_>> {
     let mut by_req: BTreeMap<u64, Call<'_>> = BTreeMap::new();
     for e in h {
         match &e.ev {
-            Ev::Invoke { req, client, user, worker, op, key, expect, .. } => {
+            Ev::Invoke { req, client, user, worker, op, cid, key, expect, manner, .. } => {
                 let call = Call {
                     at_ms: e.t_ms,
                     req: *req,
@@ -63,8 +69,10 @@ pub(crate) fn calls(h: &[Entry]) -> Vec<Call<'_>> {
                     user,
                     worker,
                     op,
+                    cid: cid.as_deref(),
                     key: key.as_deref(),
                     expect: expect.as_deref(),
+                    manner: manner.as_ref(),
                     answer: None,
                     no_answer: None,
                 };
@@ -401,7 +409,7 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
 }
 
 /// When each host was down (crashed, not yet restarted), from the world's fault log.
-fn down_windows(h: &[Entry]) -> BTreeMap<&str, Vec<(u64, u64)>> {
+pub(crate) fn down_windows(h: &[Entry]) -> BTreeMap<&str, Vec<(u64, u64)>> {
     let mut w: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
     for e in h {
         match &e.ev {
@@ -458,7 +466,8 @@ impl<'a> Excuses<'a> {
 
 /// 8. Every request is answered; never with a 5xx other than 503, and a 503 says when to retry.
 /// A request may go unanswered (its client times out and retries) only if its worker crashed,
-/// or the link between its client and its worker was cut, while it waited.
+/// or the link between its client and its worker was cut, while it waited, or its client hung
+/// up (a half-closed request is still owed its answer).
 pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
     let excuses = Excuses::of(&out.history);
@@ -485,6 +494,8 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
             }
             (Some(_), _) => {}
             (None, Some((t, _))) if crashed_meanwhile(c.client, c.worker, c.at_ms, t) => {}
+            // Its client hung up: no answer is owed (whether the turn ended is invariant 14's).
+            (None, Some(_)) if matches!(c.manner, Some(Manner::HungUp { .. })) => {}
             (None, Some((_, reason))) => found.push(v(
                 NO_500_NO_HANG,
                 c.at_ms,
@@ -527,12 +538,15 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
     all.extend(spec_oracle(out));
     all.extend(progress(out));
     all.extend(contract_statuses(out));
+    all.extend(turns_end(out));
+    all.extend(user_said(out));
     all
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Meant;
     use orchestrator::store::ConversationRecord;
     use orchestrator::turn::Extracted;
     use orchestrator::workflow::{workflow, Confidence, WorkflowState};
@@ -560,6 +574,8 @@ mod tests {
                     query: Some("email is alice.c0.email".into()),
                     duplicate: false,
                     expect: None,
+                    manner: None,
+                    meant: Some(Meant::Field { field: Some("email".into()), value: "alice.c0.email".into(), sure: true }),
                 },
             },
             Entry {
@@ -590,6 +606,29 @@ mod tests {
                 },
             },
             Entry { t_ms: 7, ev: Ev::Response { req: 0, status: 200, retry_after: false, body } },
+            // The worker's own account of the same turn (kept at the end: tests index the above).
+            Entry {
+                t_ms: 2,
+                ev: Ev::LeaseTaken {
+                    worker: "worker-0".into(),
+                    cid: "c1".into(),
+                    user: "alice".into(),
+                    idem_key: "idem:{c:c1}:alice:1:k".into(),
+                    fence: 1,
+                    version: 0,
+                },
+            },
+            Entry {
+                t_ms: 6,
+                ev: Ev::Committed {
+                    worker: "worker-0".into(),
+                    cid: "c1".into(),
+                    user: "alice".into(),
+                    idem_key: "idem:{c:c1}:alice:1:k".into(),
+                    fence: 1,
+                    version: 1,
+                },
+            },
         ];
         let mut fin = state.clone();
         fin.step = Step::Cancelled;
@@ -612,8 +651,11 @@ mod tests {
         // give (the oracle sees it too), or a conversation handed to another user (its creator
         // is then short of one).
         let witnesses: &[&str] = match invariant {
-            EXACTLY_ONCE | NO_SIGNAL_LOOP | VALID_TRANSITIONS => &[SPEC_ORACLE],
-            CROSS_USER => &[PROGRESS],
+            EXACTLY_ONCE | NO_SIGNAL_LOOP => &[SPEC_ORACLE],
+            // A value or step no request of the user meant, stored.
+            VALID_TRANSITIONS => &[SPEC_ORACLE, USER_SAID],
+            PROGRESS => &[USER_SAID],
+            CROSS_USER => &[PROGRESS, USER_SAID],
             _ => &[],
         };
         assert!(v.iter().all(|x| x.invariant == invariant || witnesses.contains(&x.invariant)), "only {invariant} should fire: {v:?}");
@@ -773,6 +815,85 @@ mod tests {
     }
 
     #[test]
+    fn contract_statuses_fire_on_a_replay_of_a_key_the_user_never_sent_to_that_conversation() {
+        // Alice's first request with key `k` to her conversation c2 is answered with a replay:
+        // an answer kept for another conversation (she used `k` on c1).
+        let mut out = clean();
+        let mut invoke = out.history[0].clone();
+        if let Ev::Invoke { req, cid, .. } = &mut invoke.ev {
+            *req = 1;
+            *cid = Some("c2".into());
+        }
+        invoke.t_ms = 20;
+        let mut body = response_body(&mut out).clone();
+        body["replayed"] = json!(true);
+        out.history.push(invoke);
+        out.history.push(Entry { t_ms: 25, ev: Ev::Response { req: 1, status: 200, retry_after: false, body } });
+        fires(&out, CONTRACT_STATUS);
+        // Sent to c1 again, the same replay is hers to get.
+        if let Ev::Invoke { cid, .. } = &mut out.history[6].ev {
+            *cid = Some("c1".into());
+        }
+        assert_eq!(check(&out), vec![]);
+    }
+
+    #[test]
+    fn turns_end_fires_on_a_lease_taken_and_never_committed_or_released() {
+        let mut out = clean();
+        out.history.retain(|e| !matches!(e.ev, Ev::Committed { .. }));
+        out.sim_ms = 5_000;
+        fires(&out, TURNS_END);
+        // Given back (a release, even one the store could not confirm): the turn ended.
+        let mut given_back = out.clone();
+        given_back
+            .history
+            .push(Entry { t_ms: 6, ev: Ev::Released { worker: "worker-0".into(), cid: "c1".into(), fence: 1, released: false } });
+        assert_eq!(check(&given_back), vec![]);
+        // Its worker powered off after taking it: nothing was abandoned.
+        let mut crashed = out.clone();
+        crashed.history.push(Entry { t_ms: 3, ev: Ev::HostFault { host: "worker-0".into(), change: HostChange::Crashed } });
+        assert_eq!(turns_end(&crashed), vec![]);
+        // The run ended while the turn could still be working: not judged.
+        let mut short = out.clone();
+        short.sim_ms = 500;
+        assert_eq!(turns_end(&short), vec![]);
+    }
+
+    #[test]
+    fn user_said_fires_when_a_commit_stores_what_its_user_did_not_mean() {
+        let meant = |out: &mut RunOutput, m: Meant| {
+            if let Ev::Invoke { meant, .. } = &mut out.history[0].ev {
+                *meant = Some(m);
+            }
+        };
+        // A hedge ("I think it's …") stored as if said plainly.
+        let mut out = clean();
+        meant(&mut out, Meant::Field { field: None, value: "alice.c0.email".into(), sure: false });
+        fires(&out, USER_SAID);
+        // Another of the user's values (a message mixed up with another turn's).
+        let mut out = clean();
+        meant(&mut out, Meant::Field { field: Some("email".into()), value: "alice.c0.other@example.com".into(), sure: true });
+        fires(&out, USER_SAID);
+        // The right value under another field's name.
+        let mut out = clean();
+        meant(&mut out, Meant::Field { field: Some("phone".into()), value: "alice.c0.email".into(), sure: true });
+        fires(&out, USER_SAID);
+        // A commit under a key no request of the owner carries.
+        let mut out = clean();
+        if let Ev::Invoke { user, .. } = &mut out.history[0].ev {
+            *user = "mallory".into();
+        }
+        out.workload.insert("mallory".into(), 0);
+        assert!(user_said(&out)[0].evidence.contains("no request of its owner"));
+        // A step to `succeeded` on a message that confirmed nothing.
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["step"] = json!("succeeded");
+        }
+        assert!(user_said(&out).iter().any(|x| x.evidence.contains("gathering -> succeeded")), "{:?}", user_said(&out));
+    }
+
+    #[test]
     fn progress_fires_when_a_user_could_not_create_or_finish_its_conversations() {
         // Alice set out to create two conversations and has one.
         let mut out = clean();
@@ -916,6 +1037,8 @@ mod tests {
                 query: None,
                 duplicate: true,
                 expect: None,
+                manner: None,
+                meant: None,
             },
         });
         let mut body = response_body(&mut out).clone();
