@@ -92,7 +92,6 @@ fn embedded(seed: u64) -> (Arc<Orch>, Arc<Timed<MemStore>>) {
         store.clone(),
         Arc::new(ScriptedCopilot::new()),
         Arc::new(RecordingEffects::new()),
-        clock,
         SeededRng::from_seed(seed),
         TurnConfig::default(),
     );
@@ -394,14 +393,12 @@ fn bench_redis(c: &mut Criterion) {
         b.disable_lifo_slot();
     }
     let rt = b.build().unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let redis = orchestrator::store::RedisStore::open(&format!("redis://127.0.0.1:{}", server.1), Default::default(), 3).unwrap();
     let store = Arc::new(Timed::new(redis));
     let o = Arc::new(Orchestrator::new(
         store.clone(),
         Arc::new(ScriptedCopilot::new()),
         Arc::new(RecordingEffects::new()),
-        clock,
         SeededRng::from_seed(3),
         TurnConfig::default(),
     ));

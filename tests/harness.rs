@@ -273,3 +273,17 @@ fn regression_calm_seed_17_a_half_closed_request_is_answered() {
     assert_eq!(answered, half_closed.len(), "{:?}", v.violations);
     assert!(v.passed(), "{:?}", v.violations);
 }
+
+/// Found by the embedded world (worker clock skew): a turn waited 12.5 s for a busy lease
+/// although the acquire deadline is 1.5 s, because the deadline was measured on the worker's
+/// wall clock, which had stepped back (invariant 8); and the lease it waited for was one that
+/// had lapsed and come back to life, since `MemStore` kept a lapsed holder on commit and the
+/// clock's step back made it valid again. The deadline is a monotonic duration now, and a
+/// released holder is dropped whether or not it had lapsed (unit tests in `orchestrator`).
+#[test]
+fn regression_embedded_seed_6508_a_clock_stepping_back_stretches_no_deadline_and_revives_no_lease() {
+    let v = find("embedded").unwrap().run(6508);
+    let backward = v.plan.faults.iter().any(|(_, f)| matches!(f, sim::faults::Fault::WorkerClockSkew { jump_ms, .. } if *jump_ms < 0));
+    assert!(backward, "seed 6508 no longer steps the worker's clock back: the regression test lost its teeth");
+    assert!(v.passed(), "{:?}", v.violations);
+}

@@ -65,15 +65,19 @@ impl LeaseTable {
         }
     }
 
-    /// Drops the lease, only for its holder (compare-and-delete). The fence stays.
+    /// Drops the lease, only for its holder (compare-and-delete); returns whether it was still
+    /// valid. The fence stays. A holder whose lease has lapsed is dropped too: kept, it would
+    /// come back to life if the clock stepped back before its expiry.
     pub fn release(&mut self, key: &str, token: &str, now_ms: u64) -> bool {
-        let held = self.valid_holder(key, now_ms).is_some_and(|h| h.token == token);
-        if held {
-            if let Some(l) = self.leases.get_mut(key) {
-                l.holder = None;
+        let Some(lease) = self.leases.get_mut(key) else { return false };
+        match &lease.holder {
+            Some(h) if h.token == token => {
+                let valid = h.expires_at_ms > now_ms;
+                lease.holder = None;
+                valid
             }
+            _ => false,
         }
-        held
     }
 
     /// A commit under `fence` may apply: no later lease was taken, and the lease, if still
@@ -123,5 +127,18 @@ mod tests {
         t.acquire("c", "a", 0, 10).unwrap();
         assert!(!t.extend("c", "a", 10, 10));
         assert!(!t.release("c", "a", 10));
+    }
+
+    /// Regression (embedded seed 6508): a turn committed after its lease had lapsed by a clock
+    /// that jumped forward; the holder was kept, and when the clock stepped back the lapsed
+    /// lease was valid again, with nobody left to release it: every turn of the conversation
+    /// found it busy.
+    #[test]
+    fn a_released_lapsed_lease_does_not_come_back_when_the_clock_steps_back() {
+        let mut t = LeaseTable::new();
+        t.acquire("c", "a", 1_000, 100).unwrap();
+        assert!(!t.release("c", "a", 5_000), "lapsed by the clock's jump forward");
+        assert_eq!(t.holder("c", 1_050), None, "the clock stepped back: the lease must stay gone");
+        assert_eq!(t.acquire("c", "b", 1_050, 100), Ok(2));
     }
 }

@@ -72,7 +72,7 @@ async fn run<S: Store, C: Copilot>(args: &ServeArgs, store: S, copilot: C, confi
     let tokens = parse_tokens(&args.tokens)?;
     // The production seed comes from the OS once; everything after is a ChaCha stream.
     let seed: u64 = rand::random();
-    let orch = Orchestrator::new(store, copilot, RecordingEffects::new(), Arc::new(SystemClock), SeededRng::from_seed(seed), config);
+    let orch = Orchestrator::new(store, copilot, RecordingEffects::new(), SeededRng::from_seed(seed), config);
     let api = Arc::new(Api { orchestrator: orch, tokens });
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, store = %args.store, copilot = %args.copilot, "serving");

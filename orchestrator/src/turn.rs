@@ -7,7 +7,6 @@
 //! Invariants: no wall clock, no OS randomness (both injected); a turn that cannot prove it
 //! still owns the newest lease writes nothing and answers `Unavailable` (503).
 
-use crate::clock::Clock;
 use crate::context::{self, Context};
 use crate::copilot::{Copilot, CopilotRequest};
 use crate::effects::{submission_key, Effects, Submission, SubmitOutcome};
@@ -184,7 +183,6 @@ pub struct Orchestrator<S, C, E> {
     pub store: S,
     pub copilot: C,
     pub effects: E,
-    pub clock: Arc<dyn Clock>,
     pub rng: SeededRng,
     pub config: TurnConfig,
     pub observer: Option<Arc<dyn Observer>>,
@@ -210,8 +208,8 @@ pub fn fingerprint(cid: &str, query: &str) -> String {
 }
 
 impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
-    pub fn new(store: S, copilot: C, effects: E, clock: Arc<dyn Clock>, rng: SeededRng, config: TurnConfig) -> Self {
-        Self { store, copilot, effects, clock, rng, config, observer: None }
+    pub fn new(store: S, copilot: C, effects: E, rng: SeededRng, config: TurnConfig) -> Self {
+        Self { store, copilot, effects, rng, config, observer: None }
     }
 
     pub fn with_observer(mut self, o: Arc<dyn Observer>) -> Self {
@@ -288,7 +286,9 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         };
 
         // 1. Begin, retrying a busy lease with jittered exponential backoff until the deadline.
-        let started_ms = self.clock.now_ms();
+        // How long we have waited is a duration, measured on the monotonic timer: a wall clock
+        // stepped back (NTP, a VM migration) would otherwise stretch the deadline without bound.
+        let started = tokio::time::Instant::now();
         let mut backoff_ms = self.config.acquire_backoff_base_ms;
         let (fence, record) = loop {
             let outcome = self.store.begin(&args).await.map_err(|e| {
@@ -311,7 +311,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                 BeginOutcome::KeyReused => return Err(TurnError::KeyReused),
                 BeginOutcome::NotFound => return Err(TurnError::NotFound),
                 BeginOutcome::Busy { retry_in_ms } => {
-                    let waited = self.clock.now_ms().saturating_sub(started_ms);
+                    let waited = started.elapsed().as_millis() as u64;
                     if waited >= self.config.acquire_deadline_ms {
                         return Err(self.unavailable(Unavailable::LockBusy));
                     }

@@ -290,12 +290,12 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         };
         sim.host(format!("worker-{w}"), move || {
             let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
-            let (clock, bug) = (clock.clone(), bug.clone());
+            let bug = bug.clone();
             let mem = mem.clone();
             async move {
                 let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
                     .map_err(|e| e.to_string())?;
-                let worker = Worker { name, history, sink, tokens, cfg, clock, bug, seed: worker_seed };
+                let worker = Worker { name, history, sink, tokens, cfg, bug, seed: worker_seed };
                 match mem {
                     Some(store) => {
                         let history = worker.history.clone();
@@ -573,7 +573,6 @@ struct Worker {
     sink: Arc<SimSink>,
     tokens: BTreeMap<String, String>,
     cfg: TurnConfig,
-    clock: Arc<dyn orchestrator::Clock>,
     bug: BugSettings,
     seed: u64,
 }
@@ -585,7 +584,7 @@ impl Worker {
         let observer = Arc::new(WorkerObserver { worker: self.name.clone(), history: self.history });
         let (store, copilot) = (BuggyStore::new(store, self.bug.clone()), BuggyCopilot { inner: copilot, bug: self.bug.bug });
         let sink = BuggyEffects { inner: self.sink, bug: self.bug.bug, rng: Mutex::new(stream(self.seed, STREAM_BUGS)) };
-        let orch = Orchestrator::new(store, copilot, sink, self.clock, SeededRng::from_seed(self.seed), self.cfg).with_observer(observer);
+        let orch = Orchestrator::new(store, copilot, sink, SeededRng::from_seed(self.seed), self.cfg).with_observer(observer);
         let api = Arc::new(Api { orchestrator: orch, tokens: self.tokens });
         let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
         serve(listener, router(api)).await;

@@ -14,15 +14,8 @@ type RedisOrch = Orchestrator<RedisStore, ScriptedCopilot, RecordingEffects>;
 
 fn redis_orch(url: &str, seed: u64, events: Arc<Events>, redis_cfg: RedisConfig) -> RedisOrch {
     let store = RedisStore::open(url, redis_cfg, seed).unwrap();
-    Orchestrator::new(
-        store,
-        ScriptedCopilot::new(),
-        RecordingEffects::new(),
-        Arc::new(TokioClock::new()),
-        SeededRng::from_seed(seed),
-        TurnConfig::default(),
-    )
-    .with_observer(events)
+    Orchestrator::new(store, ScriptedCopilot::new(), RecordingEffects::new(), SeededRng::from_seed(seed), TurnConfig::default())
+        .with_observer(events)
 }
 
 async fn spawn_worker(url: &str, seed: u64, events: Arc<Events>, redis_cfg: RedisConfig) -> String {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 type Orch<S, C> = Orchestrator<S, Arc<C>, Arc<RecordingEffects>>;
 
-fn orch<S: Store, C: Copilot>(store: S, copilot: Arc<C>, clock: Arc<dyn Clock>, seed: u64, config: TurnConfig) -> Orch<S, C> {
-    Orchestrator::new(store, copilot, Arc::new(RecordingEffects::new()), clock, SeededRng::from_seed(seed), config)
+fn orch<S: Store, C: Copilot>(store: S, copilot: Arc<C>, seed: u64, config: TurnConfig) -> Orch<S, C> {
+    Orchestrator::new(store, copilot, Arc::new(RecordingEffects::new()), SeededRng::from_seed(seed), config)
 }
 
 fn req(cid: &str, user: &str, key: &str, query: &str) -> TurnRequest {
@@ -42,7 +42,7 @@ async fn ten_concurrent_turns_on_one_conversation_lose_no_field_and_version_coun
     let copilot = Arc::new(ScriptedCopilot::new());
     copilot.set_delay_ms(3);
     let events = Arc::new(Events::default());
-    let o = Arc::new(orch(store.clone(), copilot, clock, 1, TurnConfig::default()).with_observer(events.clone()));
+    let o = Arc::new(orch(store.clone(), copilot, 1, TurnConfig::default()).with_observer(events.clone()));
     let cid = o.create("alice", "profile").await.unwrap();
     let fields = workflow::workflow("profile").unwrap().required;
     assert_eq!(fields.len(), 10);
@@ -80,8 +80,8 @@ async fn slow_copilot_past_lease_ttl_late_commit_is_rejected_and_no_acknowledged
     let fast = Arc::new(ScriptedCopilot::new());
     let cfg = TurnConfig { lease_ttl_ms: 2000, lease_extend_every_ms: 0, ..TurnConfig::default() };
     let events = Arc::new(Events::default());
-    let a = Arc::new(orch(store.clone(), slow, clock.clone(), 1, cfg.clone()).with_observer(events.clone()));
-    let b = orch(store.clone(), fast, clock.clone(), 2, cfg).with_observer(events.clone());
+    let a = Arc::new(orch(store.clone(), slow, 1, cfg.clone()).with_observer(events.clone()));
+    let b = orch(store.clone(), fast, 2, cfg).with_observer(events.clone());
     let cid = a.create("alice", "lead").await.unwrap();
 
     let (a2, cid2) = (a.clone(), cid.clone());
@@ -115,8 +115,8 @@ async fn slow_copilot_with_lease_extension_keeps_the_lease_and_the_other_worker_
     let slow = Arc::new(ScriptedCopilot::new());
     slow.set_delay_ms(3000);
     let cfg = TurnConfig { lease_ttl_ms: 2000, lease_extend_every_ms: 600, acquire_deadline_ms: 5000, ..TurnConfig::default() };
-    let a = Arc::new(orch(store.clone(), slow, clock.clone(), 1, cfg.clone()));
-    let b = orch(store.clone(), Arc::new(ScriptedCopilot::new()), clock.clone(), 2, cfg);
+    let a = Arc::new(orch(store.clone(), slow, 1, cfg.clone()));
+    let b = orch(store.clone(), Arc::new(ScriptedCopilot::new()), 2, cfg);
     let cid = a.create("alice", "lead").await.unwrap();
     let (a2, cid2) = (a.clone(), cid.clone());
     let first = tokio::spawn(async move { a2.turn(&req(&cid2, "alice", "ka", "email is a@x.io")).await });
@@ -133,7 +133,7 @@ async fn same_request_twice_calls_copilot_once_and_replays_the_second() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let store = Arc::new(MemStore::new(clock.clone()));
     let copilot = Arc::new(ScriptedCopilot::new());
-    let o = orch(store.clone(), copilot.clone(), clock, 1, TurnConfig::default());
+    let o = orch(store.clone(), copilot.clone(), 1, TurnConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     let r = req(&cid, "alice", "k1", "email is a@x.io");
     let first = o.turn(&r).await.unwrap();
@@ -149,7 +149,7 @@ async fn same_request_twice_calls_copilot_once_and_replays_the_second() {
 async fn replay_after_the_state_advanced_returns_the_current_state() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let store = Arc::new(MemStore::new(clock.clone()));
-    let o = orch(store.clone(), Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let o = orch(store.clone(), Arc::new(ScriptedCopilot::new()), 1, TurnConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     let r1 = req(&cid, "alice", "k1", "email is a@x.io");
     o.turn(&r1).await.unwrap();
@@ -164,7 +164,7 @@ async fn replay_after_the_state_advanced_returns_the_current_state() {
 #[tokio::test]
 async fn same_key_with_a_different_body_is_rejected_as_key_reused() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let o = orch(Arc::new(MemStore::new(clock.clone())), Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let o = orch(Arc::new(MemStore::new(clock)), Arc::new(ScriptedCopilot::new()), 1, TurnConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     o.turn(&req(&cid, "alice", "k1", "email is a@x.io")).await.unwrap();
     assert_eq!(o.turn(&req(&cid, "alice", "k1", "email is b@x.io")).await, Err(TurnError::KeyReused));
@@ -174,7 +174,7 @@ async fn same_key_with_a_different_body_is_rejected_as_key_reused() {
 async fn two_users_same_idempotency_key_get_isolated_answers() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let copilot = Arc::new(ScriptedCopilot::new());
-    let o = orch(Arc::new(MemStore::new(clock.clone())), copilot.clone(), clock, 1, TurnConfig::default());
+    let o = orch(Arc::new(MemStore::new(clock)), copilot.clone(), 1, TurnConfig::default());
     let ca = o.create("alice", "lead").await.unwrap();
     let cb = o.create("bob", "lead").await.unwrap();
     let ra = o.turn(&req(&ca, "alice", "same-key", "email is alice@x.io")).await.unwrap();
@@ -190,7 +190,7 @@ async fn two_users_same_idempotency_key_get_isolated_answers() {
 async fn another_users_conversation_is_not_found_for_read_and_turn() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let copilot = Arc::new(ScriptedCopilot::new());
-    let o = orch(Arc::new(MemStore::new(clock.clone())), copilot.clone(), clock, 1, TurnConfig::default());
+    let o = orch(Arc::new(MemStore::new(clock)), copilot.clone(), 1, TurnConfig::default());
     let ca = o.create("alice", "lead").await.unwrap();
     let r = req(&ca, "alice", "k1", "email is alice@x.io");
     o.turn(&r).await.unwrap();
@@ -206,7 +206,7 @@ async fn another_users_conversation_is_not_found_for_read_and_turn() {
 #[tokio::test]
 async fn low_confidence_never_sets_a_field_and_four_no_signal_turns_end_in_needs_human() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let o = orch(Arc::new(MemStore::new(clock.clone())), Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let o = orch(Arc::new(MemStore::new(clock)), Arc::new(ScriptedCopilot::new()), 1, TurnConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     let queries = ["maybe email is a@x.io", "hmm", "maybe phone is 1", "what?"];
     let mut last = None;
@@ -235,8 +235,8 @@ async fn state_is_loaded_from_the_store_before_the_machine_runs() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let store = Arc::new(MemStore::new(clock.clone()));
     let cap = Arc::new(Capturing(Mutex::new(Vec::new())));
-    let a = orch(store.clone(), cap.clone(), clock.clone(), 1, TurnConfig::default());
-    let b = orch(store.clone(), Arc::new(ScriptedCopilot::new()), clock, 2, TurnConfig::default());
+    let a = orch(store.clone(), cap.clone(), 1, TurnConfig::default());
+    let b = orch(store.clone(), Arc::new(ScriptedCopilot::new()), 2, TurnConfig::default());
     let cid = a.create("alice", "lead").await.unwrap();
     a.turn(&req(&cid, "alice", "k1", "email is a@x.io")).await.unwrap();
     b.turn(&req(&cid, "alice", "k2", "phone is 555 [x]")).await.unwrap();
@@ -311,7 +311,7 @@ fn commit_fails(mem: Arc<MemStore>) -> FlakyCommit<impl Fn(&CommitArgs<'_>) -> b
 #[tokio::test]
 async fn store_unavailable_is_503_with_retry_after_never_500() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let o = orch(DownStore, Arc::new(ScriptedCopilot::new()), clock.clone(), 1, TurnConfig::default());
+    let o = orch(DownStore, Arc::new(ScriptedCopilot::new()), 1, TurnConfig::default());
     let unavailable = TurnError::Unavailable { reason: Unavailable::Store, retry_after_s: 1 };
     assert_eq!(o.create("alice", "lead").await, Err(unavailable.clone()));
     assert_eq!(o.turn(&req("abc", "alice", "k", "email is a@x.io")).await, Err(unavailable.clone()));
@@ -324,10 +324,10 @@ async fn store_unavailable_is_503_with_retry_after_never_500() {
     // Commit failing after Begin: 503, and the lease and in-flight marker are released so the
     // retry runs at once instead of waiting out the TTL.
     let mem = Arc::new(MemStore::new(clock.clone()));
-    let failing = orch(commit_fails(mem.clone()), Arc::new(ScriptedCopilot::new()), clock.clone(), 1, TurnConfig::default());
+    let failing = orch(commit_fails(mem.clone()), Arc::new(ScriptedCopilot::new()), 1, TurnConfig::default());
     let cid = failing.create("alice", "lead").await.unwrap();
     assert_eq!(failing.turn(&req(&cid, "alice", "k", "email is a@x.io")).await, Err(unavailable));
-    let healthy = orch(mem.clone(), Arc::new(ScriptedCopilot::new()), clock, 2, TurnConfig::default());
+    let healthy = orch(mem.clone(), Arc::new(ScriptedCopilot::new()), 2, TurnConfig::default());
     let r = healthy.turn(&req(&cid, "alice", "k", "email is a@x.io")).await.unwrap();
     assert!(!r.replayed);
     assert_eq!(r.workflow_state.version, 1);
@@ -336,9 +336,8 @@ async fn store_unavailable_is_503_with_retry_after_never_500() {
 // ---- HTTP on loopback ------------------------------------------------------------------
 
 async fn spawn_server<S: Store, C: Copilot>(store: S, copilot: Arc<C>) -> (String, tokio::task::JoinHandle<()>) {
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let cfg = TurnConfig { acquire_deadline_ms: 50, ..TurnConfig::default() };
-    let o = orch(store, copilot, clock, 7, cfg);
+    let o = orch(store, copilot, 7, cfg);
     let tokens = BTreeMap::from([("demo".to_string(), "alice".to_string()), ("other".to_string(), "bob".to_string())]);
     let api = Arc::new(Api { orchestrator: o, tokens });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -420,7 +419,7 @@ async fn a_succeeded_commit_whose_answer_was_lost_is_submitted_once_on_the_retry
     let lose =
         move |a: &CommitArgs<'_>| a.record.state.step == Step::Succeeded && !lost_once.swap(true, std::sync::atomic::Ordering::SeqCst);
     let store = FlakyCommit { inner: Arc::new(MemStore::new(clock.clone())), apply: true, lose };
-    let o = orch(store, Arc::new(ScriptedCopilot::new()), clock, 1, TurnConfig::default());
+    let o = orch(store, Arc::new(ScriptedCopilot::new()), 1, TurnConfig::default());
     let cid = o.create("alice", "lead").await.unwrap();
     for (i, q) in ["email is a@x.io", "phone is 555", "company is ACME"].iter().enumerate() {
         o.turn(&req(&cid, "alice", &format!("k{i}"), q)).await.unwrap();
@@ -488,4 +487,35 @@ async fn a_client_that_half_closes_or_hangs_up_mid_turn_strands_no_lease_and_los
     assert_eq!(last.0, 200, "{last:?}");
     assert_eq!(last.1["replayed"], true, "the hung-up turn's answer was lost (or its lease held until the TTL): {last:?}");
     assert_eq!(last.1["workflowState"]["collectedData"]["phone"], "555");
+}
+
+/// Regression (embedded seed 6508): the acquire deadline was measured on the store's clock, so
+/// a clock that stepped back (or stood still) kept a turn waiting for a busy lease far past the
+/// deadline. It is a duration now, on the monotonic timer.
+#[tokio::test(start_paused = true)]
+async fn the_acquire_deadline_holds_whatever_the_wall_clock_does() {
+    let clock = Arc::new(ManualClock::new(10_000_000));
+    let store = Arc::new(MemStore::new(clock.clone()));
+    let cfg = TurnConfig { acquire_deadline_ms: 300, ..TurnConfig::default() };
+    let o = orch(store.clone(), Arc::new(ScriptedCopilot::new()), 1, cfg);
+    let cid = o.create("alice", "lead").await.unwrap();
+    // Someone holds the lease; the wall clock then stands still, and later steps back an hour.
+    let held = BeginArgs { cid: &cid, user: "alice", idem_key: "idem-x", fingerprint: "f", owner_token: "other", lease_ttl_ms: 6_000 };
+    assert!(matches!(store.begin(&held).await.unwrap(), BeginOutcome::Acquired { .. }));
+    let started = tokio::time::Instant::now();
+    let r = req(&cid, "alice", "k1", "email is a@x.io");
+    let turn = o.turn(&r);
+    let stepping_back = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.set_ms(10_000_000 - 3_600_000);
+        std::future::pending::<()>().await
+    };
+    let outcome = tokio::select! {
+        biased;
+        r = tokio::time::timeout(Duration::from_secs(60), turn) => r,
+        _ = stepping_back => unreachable!(),
+    };
+    let outcome = outcome.expect("the turn waited past the acquire deadline (60 s and counting)");
+    assert!(matches!(outcome, Err(TurnError::Unavailable { reason: Unavailable::LockBusy, .. })), "{outcome:?}");
+    assert!(started.elapsed() <= Duration::from_millis(300 + 100), "waited {:?}", started.elapsed());
 }
