@@ -5,7 +5,8 @@
 //! spike in the fault plan; during a misbehaviour episode some replies go wrong in one of
 //! [`MISBEHAVIOURS`] ways, including the ways models and their APIs fail: rate limits with
 //! `Retry-After`, an answer later than the orchestrator's deadline, and plausible mistakes made
-//! with medium or low confidence (which the orchestrator must not store).
+//! with medium or low confidence (a value put in the wrong field, a yes read as a no and the
+//! other way round), which the orchestrator must not act on.
 
 mod model;
 mod reader;
@@ -85,6 +86,13 @@ fn misbehave(kind: &str, answer: &CopilotReply, seen: &Seen) -> (Response, Optio
                 }
                 _ => edited["confidence"] = json!("low"),
             }
+            with_payload(edited)
+        }
+        // The same, for a yes or a no: read the other way round, and not with conviction.
+        "plausible mistake" if matches!(edited["intent"].as_str(), Some("confirm" | "decline")) => {
+            let swapped = if edited["intent"] == "confirm" { "decline" } else { "confirm" };
+            edited["intent"] = json!(swapped);
+            edited["confidence"] = json!(if seen.query.len() % 2 == 0 { "medium" } else { "low" });
             with_payload(edited)
         }
         "body not json" => ((StatusCode::OK, "<html><body>504 Gateway Time-out</body></html>").into_response(), None),
