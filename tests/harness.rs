@@ -245,11 +245,11 @@ fn regression_swarm_seed_11_a_json_array_body_is_a_400() {
 /// work was lost (invariant 14). Turns now run detached from their connection.
 /// (Checked: with `http::serve`'s `half_close(true)` and `detached` removed, this seed fails.)
 #[test]
-fn regression_calm_seed_3_a_turn_whose_client_hangs_up_still_ends() {
-    let v = find("calm").unwrap().run(3);
+fn regression_calm_seed_109_a_turn_whose_client_hangs_up_still_ends() {
+    let v = find("calm").unwrap().run(109);
     let hung_up =
         v.history.iter().filter(|e| matches!(&e.ev, sim::history::Ev::NoResponse { reason, .. } if reason.starts_with("hung up"))).count();
-    assert!(hung_up > 0, "seed 3 no longer hangs up mid-turn: the regression test lost its teeth");
+    assert!(hung_up > 0, "seed 109 no longer hangs up mid-turn: the regression test lost its teeth");
     assert!(v.passed(), "{:?}", v.violations);
 }
 
@@ -257,9 +257,9 @@ fn regression_calm_seed_3_a_turn_whose_client_hangs_up_still_ends() {
 /// it (`nc -N`, HTTP/1.0 clients) got no answer at all — hyper took the end of the request
 /// stream for a hang-up (invariant 8). Half-closed requests are now answered.
 #[test]
-fn regression_calm_seed_17_a_half_closed_request_is_answered() {
+fn regression_calm_seed_11_a_half_closed_request_is_answered() {
     use sim::history::{Ev, Manner};
-    let v = find("calm").unwrap().run(17);
+    let v = find("calm").unwrap().run(11);
     let half_closed: Vec<u64> = v
         .history
         .iter()
@@ -268,7 +268,7 @@ fn regression_calm_seed_17_a_half_closed_request_is_answered() {
             _ => None,
         })
         .collect();
-    assert!(!half_closed.is_empty(), "seed 17 no longer half-closes a request: the regression test lost its teeth");
+    assert!(!half_closed.is_empty(), "seed 11 no longer half-closes a request: the regression test lost its teeth");
     let answered = v.history.iter().filter(|e| matches!(&e.ev, Ev::Response { req, .. } if half_closed.contains(req))).count();
     assert_eq!(answered, half_closed.len(), "{:?}", v.violations);
     assert!(v.passed(), "{:?}", v.violations);
@@ -279,7 +279,10 @@ fn regression_calm_seed_17_a_half_closed_request_is_answered() {
 /// wall clock, which had stepped back (invariant 8); and the lease it waited for was one that
 /// had lapsed and come back to life, since `MemStore` kept a lapsed holder on commit and the
 /// clock's step back made it valid again. The deadline is a monotonic duration now, and a
-/// released holder is dropped whether or not it had lapsed (unit tests in `orchestrator`).
+/// released holder is dropped whether or not it had lapsed (unit tests in `orchestrator`,
+/// which fail without the fixes). Found under the user rates of commit 679be77; the rates have
+/// changed since, so this seed now keeps only its clock steps back (asserted), not the exact
+/// schedule that exposed the bugs.
 #[test]
 fn regression_embedded_seed_6508_a_clock_stepping_back_stretches_no_deadline_and_revives_no_lease() {
     let v = find("embedded").unwrap().run(6508);

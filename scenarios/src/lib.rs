@@ -249,9 +249,9 @@ impl Scenario {
         o.attackers = stream(seed, STREAM_ATTACKERS).random_bool(0.5);
         // People's habits, likewise on a stream of their own.
         let mut p = stream(seed, STREAM_PEOPLE);
-        o.hangup_pct = p.random_range(0..=10);
-        o.slow_pct = p.random_range(0..=10);
-        o.chatty_pct = if p.random_bool(0.5) { p.random_range(5..=25) } else { 0 };
+        o.hangup_pct = p.random_range(0..=6);
+        o.slow_pct = p.random_range(0..=6);
+        o.chatty_pct = if p.random_bool(0.3) { p.random_range(5..=15) } else { 0 };
         o
     }
 

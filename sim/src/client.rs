@@ -154,7 +154,7 @@ struct Client {
 }
 
 /// A slow client takes up to this long to send one request.
-pub const SLOW_SEND_MS_MAX: u64 = 2_000;
+pub const SLOW_SEND_MS_MAX: u64 = 1_000;
 
 /// Status, whether `Retry-After` was sent, and the body, of an HTTP/1.1 answer read to its end.
 fn parse_response(raw: &[u8]) -> Result<(u16, bool, Value), String> {

@@ -447,7 +447,7 @@ async fn raw_request(base: &str, path: &str, key: &str, body: &str) -> tokio::ne
     io
 }
 
-/// The simulation's hang-up users (regressions `calm` seeds 3 and 17): a request whose client
+/// The simulation's hang-up users (regressions `calm` seeds 109 and 11): a request whose client
 /// shuts down its sending side is still answered, and a turn whose client hangs up before the
 /// answer still finishes — it commits and keeps its answer for the retry under the same key,
 /// instead of holding the lease and the key's in-flight marker until the lease TTL runs out.
