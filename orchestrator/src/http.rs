@@ -10,16 +10,19 @@ use crate::copilot::Copilot;
 use crate::effects::Effects;
 use crate::store::Store;
 use crate::turn::{Orchestrator, TurnError, TurnRequest};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest request body accepted; larger is a 413.
@@ -28,6 +31,13 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 pub const CONNECTIONS_MAX: usize = 4096;
 /// A client must send its request head within this time.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// A client must send its whole request body within this time (a body that stops arriving
+/// would otherwise hold its connection forever): past it, 408.
+pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// Connections one peer address may hold at once; past it, a new connection from it is
+/// answered 503 and closed, so a few clients cannot take every slot. Behind a load balancer
+/// (every connection from its address) raise it to the balancer's pool size, or 0 for no limit.
+pub const CONNECTIONS_PER_PEER_MAX: usize = 256;
 
 pub struct Api<S, C, E> {
     pub orchestrator: Orchestrator<S, C, E>,
@@ -69,13 +79,64 @@ impl IntoResponse for ApiError {
 
 fn user_of(headers: &HeaderMap, tokens: &BTreeMap<String, String>) -> Result<String, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthorized("missing bearer token"))?;
+    let value = single(headers, header::AUTHORIZATION.as_str())?.ok_or_else(|| unauthorized("missing bearer token"))?;
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))?;
-    tokens.get(token.trim()).cloned().ok_or_else(|| unauthorized("unknown token"))
+    tokens.get(token).cloned().ok_or_else(|| unauthorized("unknown token"))
+}
+
+/// A header that may appear at most once: two of them (say, two tokens, or two keys) are a
+/// 400, since a proxy that reads the other one would disagree with us about the request.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("more than one {name} header")));
+    }
+    Ok(first)
+}
+
+/// The user a request authenticated as (`authenticate` puts it in the request's extensions).
+#[derive(Clone)]
+struct User(String);
+
+/// Every `/v1` request is authenticated before anything else looks at it: an unauthenticated
+/// request learns nothing about routes, ids or bodies.
+async fn authenticate<S: Store, C: Copilot, E: Effects>(State(api): State<Arc<Api<S, C, E>>>, mut req: Request, next: Next) -> Response {
+    match user_of(req.headers(), &api.tokens) {
+        Ok(user) => {
+            req.extensions_mut().insert(User(user));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The whole body, within [`BODY_READ_TIMEOUT_MS`] and [`REQUEST_BODY_BYTES_MAX`].
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    let read = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX);
+    match tokio::time::timeout(Duration::from_millis(BODY_READ_TIMEOUT_MS), read).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the body did not arrive within {BODY_READ_TIMEOUT_MS} ms"),
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("body over {REQUEST_BODY_BYTES_MAX} bytes"))
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body: {e}"))
+            })
+        }
+    }
 }
 
 /// A request body: a JSON object of exactly the expected fields. (A derived `Deserialize`
@@ -103,29 +164,33 @@ struct TurnBody {
 
 async fn create<S: Store, C: Copilot, E: Effects>(
     State(api): State<Arc<Api<S, C, E>>>,
-    headers: HeaderMap,
-    body: Bytes,
+    Extension(User(user)): Extension<User>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&headers, &api.tokens)?;
-    let b: CreateBody = parse_body(&body)?;
+    let b: CreateBody = parse_body(&read_body(body).await?)?;
     let id = detached(async move { api.orchestrator.create(&user, &b.workflow).await }).await??;
     Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
 }
 
+/// A conversation id from the path; one that is not even text is no conversation of anyone's.
+fn conversation_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(cid)| cid).map_err(|_| TurnError::NotFound.into())
+}
+
 async fn turn<S: Store, C: Copilot, E: Effects>(
     State(api): State<Arc<Api<S, C, E>>>,
-    Path(cid): Path<String>,
+    Extension(User(user)): Extension<User>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&headers, &api.tokens)?;
-    let key = headers
-        .get("idempotency-key")
+    let cid = conversation_id(path)?;
+    let key = single(&headers, "idempotency-key")?
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "Idempotency-Key header is required"))?
         .to_str()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "Idempotency-Key must be ASCII"))?
         .to_string();
-    let b: TurnBody = parse_body(&body)?;
+    let b: TurnBody = parse_body(&read_body(body).await?)?;
     let req = TurnRequest { conversation_id: cid, user, idempotency_key: key, query: b.query };
     let resp = detached(async move { api.orchestrator.turn(&req).await }).await??;
     Ok(Json(resp).into_response())
@@ -133,10 +198,10 @@ async fn turn<S: Store, C: Copilot, E: Effects>(
 
 async fn read<S: Store, C: Copilot, E: Effects>(
     State(api): State<Arc<Api<S, C, E>>>,
-    Path(cid): Path<String>,
-    headers: HeaderMap,
+    Extension(User(user)): Extension<User>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let user = user_of(&headers, &api.tokens)?;
+    let cid = conversation_id(path)?;
     let state = api.orchestrator.get(&user, &cid).await?;
     Ok(Json(json!({"workflowState": state})).into_response())
 }
@@ -158,24 +223,80 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// The API's error code for a status.
+fn error_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        409 => "in_flight",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "key_reused",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "error",
+    }
+}
+
+/// Every error answer has the API's JSON shape (`{"error","message"}`), whoever produced it: our
+/// handlers, or axum (405 with `Allow`, rejected paths and bodies). Headers are kept.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(json!({"error": error_code(status), "message": message}).to_string()))
+}
+
 pub fn router<S: Store, C: Copilot, E: Effects>(api: Arc<Api<S, C, E>>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/conversations", post(create::<S, C, E>))
-        .route("/v1/conversations/{id}/turns", post(turn::<S, C, E>))
-        .route("/v1/conversations/{id}", get(read::<S, C, E>))
+    let v1 = Router::new()
+        .route("/conversations", post(create::<S, C, E>))
+        .route("/conversations/{id}/turns", post(turn::<S, C, E>))
+        .route("/conversations/{id}", get(read::<S, C, E>))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
-        .with_state(api)
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate::<S, C, E>))
+        .with_state(api);
+    Router::new().route("/healthz", get(|| async { "ok" })).nest("/v1", v1).fallback(not_found).layer(middleware::from_fn(json_errors))
 }
 
 /// Serves `router` on every connection `listener` accepts, until the task is dropped.
-/// HTTP/1.1 only, no `Date` header, a bounded number of connections.
-pub async fn serve<L: axum::serve::Listener>(mut listener: L, router: Router) {
+/// HTTP/1.1 only, no `Date` header, a bounded number of connections in all and per peer
+/// address ([`CONNECTIONS_PER_PEER_MAX`]).
+pub async fn serve<L: axum::serve::Listener<Addr = SocketAddr>>(listener: L, router: Router) {
+    serve_with(listener, router, CONNECTIONS_PER_PEER_MAX).await
+}
+
+/// [`serve`] with another per-peer connection limit (0: none).
+pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listener: L, router: Router, per_peer_max: usize) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let peers: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (io, _addr) = listener.accept().await;
+        let (mut io, addr) = listener.accept().await;
+        let peer = PeerSlot::take(&peers, addr.ip(), per_peer_max);
+        if peer.is_none() {
+            // Over its share: told so, briefly, and closed; the global slot is given back.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(Duration::from_millis(1_000), io.write_all(PEER_LIMIT_ANSWER.as_bytes())).await;
+                drop(permit);
+            });
+            continue;
+        }
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let mut b = hyper::server::conn::http1::Builder::new();
@@ -188,7 +309,40 @@ pub async fn serve<L: axum::serve::Listener>(mut listener: L, router: Router) {
             if let Err(e) = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, peer));
         });
+    }
+}
+
+/// What a connection over its peer's limit is told before it is closed.
+const PEER_LIMIT_ANSWER: &str = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 74\r\n\r\n{\"error\":\"unavailable\",\"message\":\"too many connections from your address\"}";
+
+/// One connection counted against its peer address; given back on drop.
+struct PeerSlot {
+    peers: Arc<Mutex<BTreeMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(peers: &Arc<Mutex<BTreeMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut map = peers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self { peers: peers.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
