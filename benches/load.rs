@@ -9,7 +9,10 @@
 //! that limit divided by 2 round trips per turn, and the CPU the bench process and
 //! redis-server used (on a 2-core machine the two compete for the same cores).
 //!
-//! Knobs: `BENCH_ONLY=embedded,http,redis` picks cases; `BENCH_THREADS` sets the Redis case's
+//! `BENCH_ONLY=soak` runs 1,000,000 turns on the embedded store with short retention and prints
+//! RSS after a tenth of them and at the end (memory bounded by policy).
+//!
+//! Knobs: `BENCH_ONLY=embedded,http,redis,soak` picks cases; `BENCH_THREADS` sets the Redis case's
 //! client threads (default 1); `BENCH_LIFO=1` keeps tokio's LIFO slot on; `BENCH_NO_LIMIT=1`
 //! skips redis-benchmark (to profile our side alone).
 
@@ -453,9 +456,83 @@ fn bench_redis(c: &mut Criterion) {
     g.finish();
 }
 
+/// This process's resident set, from `/proc/self/status`, in KiB.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Memory by policy, not by luck: 1,000,000 turns on the embedded store, 100 conversations at a
+/// time driven to `cancelled` (no submissions, so the in-process effects log does not grow),
+/// with the answer TTL and the retention of finished conversations at 200 ms (production: an hour
+/// and a day); prints RSS after 100,000 and after 1,000,000 turns and their ratio. Not timed:
+/// only with `BENCH_ONLY=soak`; `SOAK_TURNS` changes the total, `SOAK_TTL_MS` both times (a
+/// day shows the growth a store without retention had).
+fn bench_soak(_c: &mut Criterion) {
+    // Opt-in: a million turns is not part of the default run.
+    if !std::env::var("BENCH_ONLY").is_ok_and(|v| v.split(',').any(|c| c.trim() == "soak")) {
+        return;
+    }
+    let total: usize = std::env::var("SOAK_TURNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rt = runtime();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = Arc::new(MemStore::new(clock));
+    let ttl: u64 = std::env::var("SOAK_TTL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let cfg = TurnConfig { idempotency_ttl_ms: ttl, terminal_retention_ms: ttl, ..TurnConfig::default() };
+    let o = Arc::new(Orchestrator::new(
+        store.clone(),
+        Arc::new(ScriptedCopilot::new()),
+        Arc::new(RecordingEffects::new()),
+        SeededRng::from_seed(5),
+        cfg,
+    ));
+    const TURNS: [&str; 4] = ["email is a@example.com", "phone is +1 555 0100", "company is ACME", "no"];
+    let (mut done, mut round, mut at_tenth) = (0usize, 0u64, None);
+    let started = Instant::now();
+    while done < total {
+        let _entered = rt.enter();
+        let tasks: Vec<_> = (0..CONVERSATIONS)
+            .map(|_| {
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let cid = o.create("soak", "lead").await.unwrap();
+                    for (i, q) in TURNS.iter().enumerate() {
+                        let r = TurnRequest {
+                            conversation_id: cid.clone(),
+                            user: "soak".into(),
+                            idempotency_key: format!("t{i}"),
+                            query: q.to_string(),
+                        };
+                        o.turn(&r).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        rt.block_on(async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        done += CONVERSATIONS * TURNS.len();
+        round += 1;
+        if at_tenth.is_none() && done >= total / 10 {
+            at_tenth = Some((done, rss_kib().unwrap_or(0), store.conversations(), store.idem_entries()));
+        }
+    }
+    let (tenth_turns, tenth_rss, tenth_convs, tenth_idem) = at_tenth.unwrap_or_default();
+    let end_rss = rss_kib().unwrap_or(0);
+    println!(
+        "soak: {done} turns in {round} rounds, {:.1} s; RSS after {tenth_turns} turns {tenth_rss} KiB ({tenth_convs} conversations, {tenth_idem} answers held), after {done} turns {end_rss} KiB ({} conversations, {} answers held): ratio {:.3}",
+        started.elapsed().as_secs_f64(),
+        store.conversations(),
+        store.idem_entries(),
+        end_rss as f64 / tenth_rss.max(1) as f64
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = bench_embedded, bench_http, bench_redis
+    targets = bench_embedded, bench_http, bench_redis, bench_soak
 }
 criterion_main!(benches);

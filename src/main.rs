@@ -135,6 +135,7 @@ fn explore(
     let tallies: Mutex<BTreeMap<&'static str, Tally>> = Mutex::new(BTreeMap::new());
     let failures: Mutex<Vec<Verdict>> = Mutex::new(Vec::new());
     let mismatches: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let panics: Mutex<Vec<(&str, u64, String)>> = Mutex::new(Vec::new());
     let rechecked = AtomicU64::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -143,7 +144,21 @@ fn explore(
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&(sc, seed)) = plan.get(i as usize) else { break };
                 let t = Instant::now();
-                let v = sc.run_with_bug(seed, bug);
+                // A seed that panics the harness is reported, and does not stop the others (nor
+                // leave the progress loop waiting for a count that never comes).
+                let v = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sc.run_with_bug(seed, bug))) {
+                    Ok(v) => v,
+                    Err(p) => {
+                        let why = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        panics.lock().unwrap().push((sc.name, seed, why));
+                        done.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                };
                 let wall = t.elapsed();
                 if recheck_every > 0 && seed % recheck_every == 0 {
                     rechecked.fetch_add(1, Ordering::SeqCst);
@@ -246,6 +261,10 @@ fn explore(
         }
         say!("{line}");
     }
+    let panics = panics.into_inner().unwrap();
+    for (scenario, seed, why) in &panics {
+        say!("  PANICKED scenario {scenario} seed {seed}: {why}\n    reproduce: cargo run --release -- replay --scenario {scenario} --seed {seed}");
+    }
     let mismatches = mismatches.into_inner().unwrap();
     say!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
     for m in &mismatches {
@@ -275,11 +294,11 @@ fn explore(
         let trace = write_trace(v).ok();
         say!("\n{}", failure_report(v, trace.as_deref()));
     }
-    if failures.is_empty() && mismatches.is_empty() && unmet_total == 0 {
+    if failures.is_empty() && mismatches.is_empty() && unmet_total == 0 && panics.is_empty() {
         say!("0 violations, 0 unmet expectations");
         ExitCode::SUCCESS
     } else {
-        say!("{} violating seeds, {unmet_total} unmet expectations", failures.len());
+        say!("{} violating seeds, {} panicked, {unmet_total} unmet expectations", failures.len(), panics.len());
         ExitCode::FAILURE
     }
 }

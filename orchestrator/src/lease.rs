@@ -90,6 +90,11 @@ impl LeaseTable {
         self.valid_holder(key, now_ms).is_none_or(|h| h.token == token)
     }
 
+    /// Drops everything about `key`, its fence too: only for a conversation that is gone.
+    pub fn forget(&mut self, key: &str) {
+        self.leases.remove(key);
+    }
+
     pub fn fence(&self, key: &str) -> u64 {
         self.leases.get(key).map(|l| l.fence).unwrap_or(0)
     }

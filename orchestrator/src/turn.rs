@@ -36,7 +36,13 @@ pub struct TurnConfig {
     pub copilot_timeout_ms: u64,
     /// Extend the lease every this many ms during the Copilot call; 0 never extends.
     pub lease_extend_every_ms: u64,
+    /// How long a completed turn's answer is kept for retries under its key. An hour: clients
+    /// retry within seconds to minutes, a phone that lost signal within the hour; every answer
+    /// costs about 1.4 KB while it is kept (kept a day, that was the server's biggest growth).
     pub idempotency_ttl_ms: u64,
+    /// How long a conversation is kept after it reached a terminal step (and after any later
+    /// turn on it): a day, for its user to read what happened.
+    pub terminal_retention_ms: u64,
     /// What a 503 tells clients to wait.
     pub retry_after_s: u64,
 }
@@ -50,7 +56,8 @@ impl Default for TurnConfig {
             acquire_backoff_max_ms: 100,
             copilot_timeout_ms: 10_000,
             lease_extend_every_ms: 2_000,
-            idempotency_ttl_ms: 24 * 3600 * 1000,
+            idempotency_ttl_ms: 3600 * 1000,
+            terminal_retention_ms: 24 * 3600 * 1000,
             retry_after_s: 1,
         }
     }
@@ -406,6 +413,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             fingerprint: fp,
             response: &body,
             idempotency_ttl_ms: self.config.idempotency_ttl_ms,
+            retain_ms: if next.state.step.is_terminal() { self.config.terminal_retention_ms.max(1) } else { 0 },
         };
         match self.store.commit(&commit).await {
             Ok(CommitOutcome::Committed) => {}

@@ -38,6 +38,7 @@ fn commit(store: &MemStore, token: &str, key: &str, fence: u64, mut rec: Convers
         fingerprint: key,
         response: "{}",
         idempotency_ttl_ms: 10_000,
+        retain_ms: 0,
     })
 }
 

@@ -193,11 +193,13 @@ struct WorkerClock {
     plan: Arc<FaultPlan>,
     worker: usize,
     heal_at_ms: u64,
+    /// Where the run ended: the time the harness reads the embedded store at afterwards.
+    end_ms: Arc<AtomicU64>,
 }
 
 impl orchestrator::Clock for WorkerClock {
     fn now_ms(&self) -> u64 {
-        let t = turmoil::elapsed().as_millis() as u64;
+        let t = turmoil::sim_elapsed().map_or_else(|| self.end_ms.load(std::sync::atomic::Ordering::SeqCst), |d| d.as_millis() as u64);
         t.saturating_add_signed(self.plan.worker_clock_offset_ms(self.worker, t, self.heal_at_ms))
     }
 }
@@ -267,12 +269,14 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     }
     let mut worker_rng = stream(seed, STREAM_WORKERS);
     let mut mems: Vec<Arc<MemStore>> = Vec::new();
+    let end_ms = Arc::new(AtomicU64::new(0));
     for w in 0..opts.workers {
         let name = format!("worker-{w}");
         let worker_seed: u64 = worker_rng.random();
         let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
         let copilot_timeout_ms = opts.copilot_timeout_ms;
-        let clock: Arc<dyn orchestrator::Clock> = Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms });
+        let clock: Arc<dyn orchestrator::Clock> =
+            Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms, end_ms: end_ms.clone() });
         // The embedded store lives in the worker, on the worker's own clock.
         let mem = embedded.then(|| Arc::new(MemStore::new(clock.clone())));
         if let Some(m) = &mem {
@@ -333,6 +337,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
 
     let error = run_with_faults(&mut sim, opts, &plan, &history, &model);
     let sim_ms = sim.elapsed().as_millis() as u64;
+    end_ms.store(sim_ms, std::sync::atomic::Ordering::SeqCst);
 
     let owners = shared.owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
@@ -346,7 +351,9 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
             Some(m) => m.load_now(cid),
             None => {
                 let key = orchestrator::store::keys::state(cid);
-                model.peek_hash_field(key.as_bytes(), b"record", u64::MAX / 2).and_then(|r| serde_json::from_slice(&r).ok())
+                // Read on the Redis host's clock at the end of the run: a finished conversation
+                // expires only after its retention.
+                model.peek_hash_field(key.as_bytes(), b"record", plan.redis_now_ms(sim_ms)).and_then(|r| serde_json::from_slice(&r).ok())
             }
         };
         finals.insert(cid.clone(), rec);

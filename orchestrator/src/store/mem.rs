@@ -36,20 +36,37 @@ struct Shard {
     /// Completed entries in the order they were written, with their expiry: the purge walks
     /// it from the front, so a long-running server does not keep every answer forever.
     expiries: std::collections::VecDeque<(u64, String)>,
+    /// Conversations kept only until a time (finished ones), and the queue the purge walks.
+    retain_until: BTreeMap<String, u64>,
+    retain_queue: std::collections::VecDeque<(u64, String)>,
 }
 
 impl Shard {
-    /// Drops up to `IDEM_PURGE_PER_COMMIT_MAX` expired entries from the front of the queue.
+    /// Drops up to `IDEM_PURGE_PER_COMMIT_MAX` expired idempotency entries, and as many
+    /// conversations past their retention, from the fronts of their queues.
     fn purge(&mut self, now_ms: u64) {
         for _ in 0..IDEM_PURGE_PER_COMMIT_MAX {
             match self.expiries.front() {
                 Some((at, _)) if *at <= now_ms => {}
-                _ => return,
+                _ => break,
             }
-            let Some((at, key)) = self.expiries.pop_front() else { return };
+            let Some((at, key)) = self.expiries.pop_front() else { break };
             // The entry may have been rewritten since; only remove what expired.
             if self.idem.get(&key).is_some_and(|e| e.expires_at_ms() <= now_ms && e.expires_at_ms() == at) {
                 self.idem.remove(&key);
+            }
+        }
+        for _ in 0..IDEM_PURGE_PER_COMMIT_MAX {
+            match self.retain_queue.front() {
+                Some((at, _)) if *at <= now_ms => {}
+                _ => return,
+            }
+            let Some((at, cid)) = self.retain_queue.pop_front() else { return };
+            // A later commit may have pushed the time out; only remove what is due.
+            if self.retain_until.get(&cid) == Some(&at) {
+                self.retain_until.remove(&cid);
+                self.records.remove(&cid);
+                self.leases.forget(&keys::lock(&cid));
             }
         }
     }
@@ -97,14 +114,21 @@ impl MemStore {
     }
 
     pub fn load_now(&self, cid: &str) -> Option<ConversationRecord> {
-        lock(self.shard(cid)).records.get(cid).cloned()
+        let now = self.clock.now_ms();
+        let s = lock(self.shard(cid));
+        // Past its retention a conversation is gone, whether or not the purge has reached it.
+        if s.retain_until.get(cid).is_some_and(|until| *until <= now) {
+            return None;
+        }
+        s.records.get(cid).cloned()
     }
 
     pub fn begin_now(&self, a: &BeginArgs<'_>) -> BeginOutcome {
         let now = self.clock.now_ms();
         let mut s = lock(self.shard(a.cid));
+        let expired = s.retain_until.get(a.cid).is_some_and(|until| *until <= now);
         let record = match s.records.get(a.cid) {
-            Some(r) if r.owner == a.user => r.clone(),
+            Some(r) if r.owner == a.user && !expired => r.clone(),
             _ => return BeginOutcome::NotFound,
         };
         match s.live_idem(a.idem_key, now) {
@@ -146,6 +170,11 @@ impl MemStore {
             Idem::Completed { fingerprint: a.fingerprint.to_string(), response: a.response.to_string(), expires_at_ms },
         );
         s.expiries.push_back((expires_at_ms, a.idem_key.to_string()));
+        if a.retain_ms > 0 {
+            let until = now.saturating_add(a.retain_ms);
+            s.retain_until.insert(a.cid.to_string(), until);
+            s.retain_queue.push_back((until, a.cid.to_string()));
+        }
         s.purge(now);
         s.leases.release(&lock_key, a.owner_token, now);
         CommitOutcome::Committed
@@ -182,6 +211,11 @@ impl MemStore {
     /// Idempotency entries held, expired or not (tests).
     pub fn idem_entries(&self) -> usize {
         self.shards.iter().map(|s| lock(s).idem.len()).sum()
+    }
+
+    /// Conversations held, expired or not (tests and the soak bench).
+    pub fn conversations(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).records.len()).sum()
     }
 }
 
@@ -241,6 +275,7 @@ mod tests {
                 fingerprint: "fp",
                 response: "{}",
                 idempotency_ttl_ms: ttl,
+                retain_ms: 0,
             });
         };
         for i in 0..20 {
@@ -253,5 +288,45 @@ mod tests {
         }
         // 3 commits × 8 purged: all 20 expired entries are gone, the 3 fresh ones stay.
         assert_eq!(store.idem_entries(), 3);
+    }
+
+    #[test]
+    fn finished_conversations_are_purged_after_their_retention_in_bounded_steps() {
+        let clock = Arc::new(ManualClock::new(0));
+        let store = MemStore::with_shards(clock.clone(), 1);
+        let finish = |cid: &str| {
+            let rec = ConversationRecord { owner: "u".into(), state: WorkflowState::new(workflow("lead").unwrap()), writer_fence: 0 };
+            store.create_now(cid, &rec);
+            let idem = keys::idem(cid, "u", "k");
+            let args = BeginArgs { cid, user: "u", idem_key: &idem, fingerprint: "fp", owner_token: "t", lease_ttl_ms: 100 };
+            let BeginOutcome::Acquired { fence, record } = store.begin_now(&args) else { panic!("begin") };
+            let mut next = record.clone();
+            next.state.version += 1;
+            next.state.step = crate::workflow::Step::Cancelled;
+            let commit = CommitArgs {
+                cid,
+                owner_token: "t",
+                fence,
+                record: &next,
+                idem_key: &idem,
+                fingerprint: "fp",
+                response: "{}",
+                idempotency_ttl_ms: 1_000,
+                retain_ms: 1_000,
+            };
+            assert_eq!(store.commit_now(&commit), CommitOutcome::Committed);
+        };
+        for i in 0..20 {
+            finish(&format!("old{i}"));
+        }
+        assert_eq!(store.conversations(), 20);
+        clock.advance_ms(1_000);
+        assert_eq!(store.load_now("old0"), None, "past its retention a conversation is gone at once");
+        for i in 0..3 {
+            finish(&format!("new{i}"));
+        }
+        // 3 commits × 8 purged: the 20 finished ones are gone (fences too), the 3 new ones stay.
+        assert_eq!(store.conversations(), 3);
+        assert_eq!(store.fence_now("old5"), 0);
     }
 }

@@ -116,6 +116,9 @@ pub struct CommitArgs<'a> {
     pub fingerprint: &'a str,
     pub response: &'a str,
     pub idempotency_ttl_ms: u64,
+    /// Keep the conversation only this long after this commit (set when the record is in a
+    /// terminal step); 0 keeps it.
+    pub retain_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

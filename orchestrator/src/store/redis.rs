@@ -72,13 +72,18 @@ return {'busy', redis.call('PTTL', KEYS[2])}
 "#;
 
     /// KEYS: state, lock, fence, idem. ARGV: fence, record, `<fingerprint>\n<response>`,
-    /// idempotency ttl ms. An unchanged fence means no lease was taken since ours, so the lock
-    /// is ours or gone: deleting it needs no owner check.
+    /// idempotency ttl ms, retention ms (0: keep). An unchanged fence means no lease was taken
+    /// since ours, so the lock is ours or gone: deleting it needs no owner check. A retention
+    /// expires the conversation (its state and fence) that long after this commit.
     pub const COMMIT: &str = r#"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'record', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
 redis.call('DEL', KEYS[2])
+if ARGV[5] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 return 1
 "#;
 
@@ -370,7 +375,7 @@ impl<C: Connector> Store for RedisStore<C> {
             let mut w = c.writer_for_next_arg();
             let _ = w.write_all(a.fingerprint.as_bytes()).and_then(|_| w.write_all(b"\n")).and_then(|_| w.write_all(a.response.as_bytes()));
         }
-        c.arg(a.idempotency_ttl_ms);
+        c.arg(a.idempotency_ttl_ms).arg(a.retain_ms);
         let v = self.eval(script, &c).await?;
         match as_int(&v) {
             Some(1) => Ok(CommitOutcome::Committed),

@@ -112,6 +112,7 @@ async fn commit<F: Fixture>(
         fingerprint: fp,
         response: &response,
         idempotency_ttl_ms: IDEM_TTL_MS,
+        retain_ms: 0,
     };
     f.store().commit(&args).await.unwrap()
 }
@@ -257,6 +258,32 @@ async fn users_are_scoped<F: Fixture>(f: &F) {
     assert_eq!(begin(f, &ca, "bob", "same", "fp", "t4").await, BeginOutcome::NotFound);
 }
 
+async fn a_finished_conversation_is_gone_after_its_retention<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fence, loaded) = acquired(begin(f, &cid, "alice", "k1", "fp1", "t1").await);
+    let idem = keys::idem(&cid, "alice", "k1");
+    let mut next = loaded.clone();
+    next.state.version += 1;
+    next.state.step = orchestrator::workflow::Step::Cancelled;
+    next.writer_fence = fence;
+    let args = CommitArgs {
+        cid: &cid,
+        owner_token: "t1",
+        fence,
+        record: &next,
+        idem_key: &idem,
+        fingerprint: "fp1",
+        response: "{}",
+        idempotency_ttl_ms: IDEM_TTL_MS,
+        retain_ms: TTL_MS,
+    };
+    assert_eq!(f.store().commit(&args).await.unwrap(), CommitOutcome::Committed);
+    assert_eq!(f.store().load(&cid).await.unwrap(), Some(next), "kept during its retention");
+    f.pass_ms(TTL_MS + 1).await;
+    assert_eq!(f.store().load(&cid).await.unwrap(), None, "gone after it");
+    assert_eq!(begin(f, &cid, "alice", "k2", "fp2", "t2").await, BeginOutcome::NotFound);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod mem_store {
@@ -291,4 +318,5 @@ conformance!(
     extend_and_release_only_by_the_owner,
     expired_owner_cannot_extend,
     users_are_scoped,
+    a_finished_conversation_is_gone_after_its_retention,
 );
