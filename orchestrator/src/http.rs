@@ -233,9 +233,7 @@ fn error_code(status: StatusCode) -> &'static str {
         408 => "request_timeout",
         409 => "in_flight",
         413 => "too_large",
-        415 => "unsupported_media_type",
         422 => "key_reused",
-        429 => "too_many_requests",
         503 => "unavailable",
         s if s >= 500 => "internal",
         _ => "error",
@@ -292,7 +290,7 @@ pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listene
             // Over its share: told so, briefly, and closed; the global slot is given back.
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
-                let _ = tokio::time::timeout(Duration::from_millis(1_000), io.write_all(PEER_LIMIT_ANSWER.as_bytes())).await;
+                let _ = tokio::time::timeout(Duration::from_millis(1_000), io.write_all(&peer_limit_answer())).await;
                 drop(permit);
             });
             continue;
@@ -315,7 +313,14 @@ pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listene
 }
 
 /// What a connection over its peer's limit is told before it is closed.
-const PEER_LIMIT_ANSWER: &str = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 74\r\n\r\n{\"error\":\"unavailable\",\"message\":\"too many connections from your address\"}";
+fn peer_limit_answer() -> Vec<u8> {
+    let body = json!({"error": "unavailable", "message": "too many connections from your address"}).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// One connection counted against its peer address; given back on drop.
 struct PeerSlot {

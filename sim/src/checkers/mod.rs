@@ -671,6 +671,39 @@ mod tests {
             .unwrap()
     }
 
+    /// A second turn (fence 2) of alice's conversation whose events set `phone` to `value` with
+    /// `confidence`, and the commit that stored it under `idem_key`.
+    fn second_turn_sets_phone(out: &mut RunOutput, value: &str, confidence: Confidence, idem_key: &str) {
+        out.history.push(Entry {
+            t_ms: 8,
+            ev: Ev::Transition {
+                worker: "worker-1".into(),
+                cid: "c1".into(),
+                user: "alice".into(),
+                fence: 2,
+                from: Step::Gathering,
+                to: Step::Gathering,
+                events: vec![Extracted {
+                    kind: "field".into(),
+                    field: Some("phone".into()),
+                    value: Some(value.into()),
+                    confidence: Some(confidence),
+                }],
+            },
+        });
+        let mut rec = match &out.history[2].ev {
+            Ev::ModelCommit { record, .. } => record.clone(),
+            _ => unreachable!(),
+        };
+        rec["state"]["collectedData"]["phone"] = json!(value);
+        rec["state"]["version"] = json!(2);
+        rec["writerFence"] = json!(2);
+        out.history.push(Entry {
+            t_ms: 9,
+            ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: idem_key.into(), record: rec },
+        });
+    }
+
     #[test]
     fn a_clean_history_passes_every_checker() {
         assert_eq!(check(&clean()), vec![]);
@@ -946,34 +979,7 @@ mod tests {
         fires(&out, VALID_TRANSITIONS);
         // A second commit that stores a field on a medium-confidence extraction.
         let mut out = clean();
-        out.history.push(Entry {
-            t_ms: 8,
-            ev: Ev::Transition {
-                worker: "worker-1".into(),
-                cid: "c1".into(),
-                user: "alice".into(),
-                fence: 2,
-                from: Step::Gathering,
-                to: Step::Gathering,
-                events: vec![Extracted {
-                    kind: "field".into(),
-                    field: Some("phone".into()),
-                    value: Some("alice.c0.phone".into()),
-                    confidence: Some(Confidence::Medium),
-                }],
-            },
-        });
-        let mut rec = match &out.history[2].ev {
-            Ev::ModelCommit { record, .. } => record.clone(),
-            _ => unreachable!(),
-        };
-        rec["state"]["collectedData"]["phone"] = json!("alice.c0.phone");
-        rec["state"]["version"] = json!(2);
-        rec["writerFence"] = json!(2);
-        out.history.push(Entry {
-            t_ms: 9,
-            ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "idem:{c:c1}:alice:1:k2".into(), record: rec },
-        });
+        second_turn_sets_phone(&mut out, "alice.c0.phone", Confidence::Medium, "idem:{c:c1}:alice:1:k2");
         fires(&out, VALID_TRANSITIONS);
     }
 
@@ -990,32 +996,8 @@ mod tests {
                 payload: json!({"intent":"provide","fields":{"phone":"alice.guess"},"confidence":"low"}),
             },
         });
-        out.history.push(Entry {
-            t_ms: 8,
-            ev: Ev::Transition {
-                worker: "worker-1".into(),
-                cid: "c1".into(),
-                user: "alice".into(),
-                fence: 2,
-                from: Step::Gathering,
-                to: Step::Gathering,
-                events: vec![Extracted {
-                    kind: "field".into(),
-                    field: Some("phone".into()),
-                    value: Some("alice.guess".into()),
-                    confidence: Some(Confidence::High),
-                }],
-            },
-        });
-        let mut rec = match &out.history[2].ev {
-            Ev::ModelCommit { record, .. } => record.clone(),
-            _ => unreachable!(),
-        };
-        rec["state"]["collectedData"]["phone"] = json!("alice.guess");
-        rec["state"]["version"] = json!(2);
-        rec["writerFence"] = json!(2);
-        out.history
-            .push(Entry { t_ms: 9, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: "k2".into(), record: rec } });
+        // The worker says high; Copilot said low.
+        second_turn_sets_phone(&mut out, "alice.guess", Confidence::High, "k2");
         fires(&out, VALID_TRANSITIONS);
         let v = check(&out);
         assert!(v[0].evidence.contains("Copilot never extracted"), "{v:?}");
