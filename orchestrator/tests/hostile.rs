@@ -120,6 +120,45 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Op
     exchange(r.as_bytes(), false)
 }
 
+/// Finding 2: a request whose client shuts down its sending side once the request is out
+/// (`nc -N`, some HTTP/1.0 clients) is answered (it used to get 0 bytes), and a turn sent that
+/// way commits: the same key then replays instead of answering 409 while a dropped turn held
+/// the lease.
+#[test]
+fn finding_2_a_half_closed_request_is_answered() {
+    let get = format!("GET /v1/conversations/{} HTTP/1.0\r\nauthorization: Bearer alice-token\r\n\r\n", server().alice);
+    let a = exchange(get.as_bytes(), true).expect("no answer to a half-closed GET");
+    assert_eq!(a.status, 200, "{a:?}");
+    let body = r#"{"query":"hello"}"#;
+    let turn = format!(
+        "POST /v1/conversations/{}/turns HTTP/1.0\r\nauthorization: Bearer alice-token\r\nidempotency-key: half-1\r\ncontent-length: {}\r\n\r\n{body}",
+        server().alice,
+        body.len()
+    );
+    let first = exchange(turn.as_bytes(), true).expect("no answer to a half-closed turn");
+    assert_eq!(first.status, 200, "{first:?}");
+    let again = exchange(turn.as_bytes(), true).expect("no answer to the retry");
+    let (first, again): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&first.body).unwrap(), serde_json::from_str(&again.body).unwrap());
+    assert_eq!(again["replayed"], true, "the retry under the same key replays the answer: {again}");
+    assert_eq!((&again["turn"], &again["reply"]), (&first["turn"], &first["reply"]));
+}
+
+/// Finding 3: a request body must be a JSON object; a one-element array in field order (which
+/// serde's derived `Deserialize` takes for the struct) is a 400 and changes nothing.
+#[test]
+fn finding_3_a_json_array_is_not_the_object() {
+    let alice = [("authorization", "Bearer alice-token")];
+    let a = request("POST", "/v1/conversations", &alice, r#"["lead"]"#).unwrap();
+    assert!(a.status == 400 && a.is_json_error(), "{a:?}");
+    let conv = format!("/v1/conversations/{}", server().alice);
+    let before = request("GET", &conv, &alice, "").unwrap();
+    let a = request("POST", &format!("{conv}/turns"), &[alice[0], ("idempotency-key", "array-1")], r#"["yes"]"#).unwrap();
+    assert!(a.status == 400 && a.is_json_error(), "{a:?}");
+    let after = request("GET", &conv, &alice, "").unwrap();
+    assert_eq!(before.body, after.body, "a refused body changed the conversation");
+}
+
 /// Finding 4: the API's JSON error shape for what axum produced as text (413, a broken chunked
 /// body, a body cut short) and a path that is not text, which is now a 401 before the token is
 /// checked and a 404 after.
