@@ -84,6 +84,15 @@ impl<S: Store> Store for Timed<S> {
     async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
         self.inner.extend(c, t, k, ms).await
     }
+    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
+        self.inner.admit(user, cid, max).await
+    }
+    async fn active(&self, user: &str) -> Result<orchestrator::store::ActiveList, StoreError> {
+        self.inner.active(user).await
+    }
+    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
+        self.inner.dismiss(user, cid).await
+    }
 }
 
 type Orch<S = MemStore> = Orchestrator<Arc<Timed<S>>, Arc<ScriptedCopilot>, Arc<RecordingEffects>>;
@@ -96,7 +105,8 @@ fn embedded(seed: u64) -> (Arc<Orch>, Arc<Timed<MemStore>>) {
         Arc::new(ScriptedCopilot::new()),
         Arc::new(RecordingEffects::new()),
         SeededRng::from_seed(seed),
-        TurnConfig::default(),
+        // One bench user stands for many (and `contended` leaves its conversations open).
+        TurnConfig { active_conversations_per_user_max: 0, ..TurnConfig::default() },
     );
     (Arc::new(o), store)
 }
@@ -403,7 +413,8 @@ fn bench_redis(c: &mut Criterion) {
         Arc::new(ScriptedCopilot::new()),
         Arc::new(RecordingEffects::new()),
         SeededRng::from_seed(3),
-        TurnConfig::default(),
+        // One bench user stands for many (and `contended` leaves its conversations open).
+        TurnConfig { active_conversations_per_user_max: 0, ..TurnConfig::default() },
     ));
     rt.block_on(hundred_conversations(&o, 0));
     // The machine is shared and noisy: interleave our measurement with redis-benchmark's, three

@@ -27,8 +27,12 @@ use std::time::Duration;
 
 /// Largest request body accepted; larger is a 413.
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
-/// Connections served at once; further accepts wait.
+/// Connections served at once; further ones get [`Limits`]' overflow treatment.
 pub const CONNECTIONS_MAX: usize = 4096;
+/// Connections accepted past [`CONNECTIONS_MAX`] only to answer `/healthz` (or a 503).
+pub const OVERFLOW_CONNECTIONS_MAX: usize = 256;
+/// An overflow connection must send its request head within this time.
+pub const OVERFLOW_HEADER_READ_TIMEOUT_MS: u64 = 1_000;
 /// A client must send its request head within this time.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// A client must send its whole request body within this time (a body that stops arriving
@@ -62,6 +66,7 @@ impl From<TurnError> for ApiError {
             TurnError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
             TurnError::InFlight => Self::new(StatusCode::CONFLICT, "in_flight", msg),
             TurnError::KeyReused => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "key_reused", msg),
+            TurnError::TooManyConversations { .. } => Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_conversations", msg),
             TurnError::Unavailable { retry_after_s, .. } => Self(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg, Some(retry_after_s)),
         }
     }
@@ -234,6 +239,7 @@ fn error_code(status: StatusCode) -> &'static str {
         409 => "in_flight",
         413 => "too_large",
         422 => "key_reused",
+        429 => "too_many_conversations",
         503 => "unavailable",
         s if s >= 500 => "internal",
         _ => "error",
@@ -271,21 +277,57 @@ pub fn router<S: Store, C: Copilot, E: Effects>(api: Arc<Api<S, C, E>>) -> Route
     Router::new().route("/healthz", get(|| async { "ok" })).nest("/v1", v1).fallback(not_found).layer(middleware::from_fn(json_errors))
 }
 
-/// Serves `router` on every connection `listener` accepts, until the task is dropped.
-/// HTTP/1.1 only, no `Date` header, a bounded number of connections in all and per peer
-/// address ([`CONNECTIONS_PER_PEER_MAX`]).
-pub async fn serve<L: axum::serve::Listener<Addr = SocketAddr>>(listener: L, router: Router) {
-    serve_with(listener, router, CONNECTIONS_PER_PEER_MAX).await
+/// How many connections the server holds. Past `connections_max` it still accepts up to
+/// `overflow_max` more, each given one request with a short head deadline: `/healthz` is
+/// answered 200 (the process is alive, so a balancer does not kill it for being busy), anything
+/// else a JSON 503 with `Retry-After`, then the connection is closed. Past both, a connection is
+/// closed on accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub connections_max: usize,
+    /// Connections one peer address may hold ([`CONNECTIONS_PER_PEER_MAX`]); 0: no limit.
+    pub per_peer_max: usize,
+    pub overflow_max: usize,
 }
 
-/// [`serve`] with another per-peer connection limit (0: none).
-pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listener: L, router: Router, per_peer_max: usize) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+impl Default for Limits {
+    fn default() -> Self {
+        Self { connections_max: CONNECTIONS_MAX, per_peer_max: CONNECTIONS_PER_PEER_MAX, overflow_max: OVERFLOW_CONNECTIONS_MAX }
+    }
+}
+
+/// Serves `router` on every connection `listener` accepts, until the task is dropped.
+/// HTTP/1.1 only, no `Date` header, connections bounded by [`Limits::default`].
+pub async fn serve<L: axum::serve::Listener<Addr = SocketAddr>>(listener: L, router: Router) {
+    serve_with(listener, router, Limits::default()).await
+}
+
+/// [`serve`] within other [`Limits`].
+pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listener: L, router: Router, limits: Limits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let overflow = Arc::new(tokio::sync::Semaphore::new(limits.overflow_max));
     let peers: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (mut io, addr) = listener.accept().await;
-        let peer = PeerSlot::take(&peers, addr.ip(), per_peer_max);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Every slot is taken: one request answered from a router that touches nothing.
+            if let Ok(permit) = overflow.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let svc = hyper_util::service::TowerToHyperService::new(overloaded());
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.auto_date_header(false)
+                        .half_close(true)
+                        .keep_alive(false)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_millis(OVERFLOW_HEADER_READ_TIMEOUT_MS));
+                    let served = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+                    let _ = tokio::time::timeout(Duration::from_millis(2 * OVERFLOW_HEADER_READ_TIMEOUT_MS), served).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        };
+        let peer = PeerSlot::take(&peers, addr.ip(), limits.per_peer_max);
         if peer.is_none() {
             // Over its share: told so, briefly, and closed; the global slot is given back.
             tokio::spawn(async move {
@@ -310,6 +352,16 @@ pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listene
             drop((permit, peer));
         });
     }
+}
+
+/// What a connection past [`Limits::connections_max`] is served: health, or a 503.
+fn overloaded() -> Router {
+    let busy = || async {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is at its connection limit");
+        e.3 = Some(1);
+        e
+    };
+    Router::new().route("/healthz", get(|| async { "ok" }).fallback(busy)).fallback(busy).layer(middleware::from_fn(json_errors))
 }
 
 /// What a connection over its peer's limit is told before it is closed.

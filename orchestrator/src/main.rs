@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use orchestrator::http::{router, serve, Api};
+use orchestrator::http::{router, serve_with, Api, Limits};
 use orchestrator::net::TcpConnector;
 use orchestrator::store::{RedisConfig, RedisStore};
 use orchestrator::{
@@ -47,6 +47,22 @@ struct ServeArgs {
     /// Copilot request deadline in milliseconds.
     #[arg(long, default_value_t = TurnConfig::default().copilot_timeout_ms)]
     copilot_timeout_ms: u64,
+    /// Connections served at once (past it, only `/healthz` is answered, on a few more).
+    #[arg(long, default_value_t = Limits::default().connections_max)]
+    connections_max: usize,
+    /// Connections one client address may hold; 0 for no limit (behind a load balancer,
+    /// raise it to the balancer's pool size).
+    #[arg(long, default_value_t = Limits::default().per_peer_max)]
+    connections_per_peer_max: usize,
+    /// Unfinished conversations one user may have (past it, creating one is a 429); 0: no cap.
+    #[arg(long, default_value_t = TurnConfig::default().active_conversations_per_user_max)]
+    active_conversations_per_user_max: u64,
+    /// How long a completed turn's answer is kept for retries, in milliseconds.
+    #[arg(long, default_value_t = TurnConfig::default().idempotency_ttl_ms)]
+    idempotency_ttl_ms: u64,
+    /// How long a finished conversation is kept after its last turn, in milliseconds.
+    #[arg(long, default_value_t = TurnConfig::default().terminal_retention_ms)]
+    terminal_retention_ms: u64,
     /// `memory` (embedded) or a Redis URL (redis://host:port).
     #[arg(long, default_value = "memory")]
     store: String,
@@ -77,15 +93,26 @@ async fn run<S: Store, C: Copilot>(args: &ServeArgs, store: S, copilot: C, confi
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, store = %args.store, copilot = %args.copilot, "serving");
     eprintln!("orchestrator listening on http://{}", listener.local_addr()?);
-    serve(listener, router(api)).await;
+    if args.connections_max == 0 {
+        bail!("--connections-max must be at least 1");
+    }
+    let limits = Limits { connections_max: args.connections_max, per_peer_max: args.connections_per_peer_max, ..Limits::default() };
+    serve_with(listener, router(api), limits).await;
     Ok(())
 }
 
 async fn serve_cmd(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = TurnConfig { lease_ttl_ms: args.lease_ttl_ms, copilot_timeout_ms: args.copilot_timeout_ms, ..TurnConfig::default() };
+    let mut config = TurnConfig {
+        lease_ttl_ms: args.lease_ttl_ms,
+        copilot_timeout_ms: args.copilot_timeout_ms,
+        active_conversations_per_user_max: args.active_conversations_per_user_max,
+        idempotency_ttl_ms: args.idempotency_ttl_ms,
+        terminal_retention_ms: args.terminal_retention_ms,
+        ..TurnConfig::default()
+    };
     config.lease_extend_every_ms = (args.lease_ttl_ms / 3).max(1).min(args.lease_ttl_ms.saturating_sub(1));
     if let Err(e) = config.validate() {
-        bail!("invalid lease settings: {e}");
+        bail!("invalid settings: {e}");
     }
     if args.store == "memory" {
         let store = MemStore::new(Arc::new(SystemClock));

@@ -12,7 +12,7 @@ use crate::copilot::{Copilot, CopilotRequest};
 use crate::effects::{submission_key, Effects, Submission, SubmitOutcome};
 use crate::extract::extract;
 use crate::rng::SeededRng;
-use crate::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store};
+use crate::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store, StoreError};
 use crate::workflow::{self, apply_turn, reply_text, Command, Event, Step, WorkflowState};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -24,6 +24,10 @@ pub const QUERY_BYTES_MAX: usize = 4096;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 /// Longest conversation id accepted, in bytes.
 pub const CONVERSATION_ID_BYTES_MAX: usize = 64;
+
+/// How old a counted conversation that does not exist must be before the cap's reconciliation
+/// drops it: longer than any create takes (one store step after the count).
+pub const ADMIT_GRACE_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnConfig {
@@ -43,6 +47,9 @@ pub struct TurnConfig {
     /// How long a conversation is kept after it reached a terminal step (and after any later
     /// turn on it): a day, for its user to read what happened.
     pub terminal_retention_ms: u64,
+    /// Conversations one user may have that have not reached a terminal step; creating one
+    /// more is a 429 until one finishes. 0: no cap.
+    pub active_conversations_per_user_max: u64,
     /// What a 503 tells clients to wait.
     pub retry_after_s: u64,
 }
@@ -58,6 +65,7 @@ impl Default for TurnConfig {
             lease_extend_every_ms: 2_000,
             idempotency_ttl_ms: 3600 * 1000,
             terminal_retention_ms: 24 * 3600 * 1000,
+            active_conversations_per_user_max: 100,
             retry_after_s: 1,
         }
     }
@@ -74,6 +82,11 @@ impl TurnConfig {
                 "lease_extend_every_ms ({}) must be below lease_ttl_ms ({}) or the lease lapses between extensions",
                 self.lease_extend_every_ms, self.lease_ttl_ms
             ));
+        }
+        if self.idempotency_ttl_ms == 0 || self.terminal_retention_ms == 0 {
+            return Err(
+                "idempotency_ttl_ms and terminal_retention_ms must be > 0 (an answer or a finished conversation kept for no time)".into()
+            );
         }
         if self.acquire_backoff_base_ms == 0 || self.acquire_backoff_max_ms < self.acquire_backoff_base_ms {
             return Err("acquire backoff must be 0 < base <= max".into());
@@ -161,6 +174,8 @@ pub enum TurnError {
     InFlight,
     #[error("idempotency key reused with a different request")]
     KeyReused,
+    #[error("{max} conversations of yours are not finished yet; finish one before starting another")]
+    TooManyConversations { max: u64 },
     #[error("temporarily unavailable ({reason:?}); retry after {retry_after_s}s")]
     Unavailable { reason: Unavailable, retry_after_s: u64 },
 }
@@ -243,19 +258,65 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         const CREATE_ATTEMPTS_MAX: u32 = 4;
         for _ in 0..CREATE_ATTEMPTS_MAX {
             let cid = self.rng.hex128();
+            // Counted against the user's cap first, so that no conversation exists uncounted.
+            self.admit(user, &cid).await?;
             match self.store.create(&cid, &record).await {
                 Ok(true) => {
                     tracing::info!(cid = %cid, user, workflow = wf.name, "conversation created");
                     return Ok(cid);
                 }
-                Ok(false) => continue,
+                Ok(false) => {
+                    self.dismiss(user, &cid).await;
+                    continue;
+                }
                 Err(e) => {
+                    // Left counted: the count is reconciled against the store at the cap.
                     tracing::warn!(error = %e, "create failed");
                     return Err(self.unavailable(Unavailable::Store));
                 }
             }
         }
         Err(self.unavailable(Unavailable::Store))
+    }
+
+    /// Counts `cid` against `user`'s cap on unfinished conversations. At the cap, the count is
+    /// first reconciled with the store: entries whose conversation finished, expired or is not
+    /// theirs are dropped (one that does not exist yet only once it is older than
+    /// [`ADMIT_GRACE_MS`], since it may be a create in progress). Still at the cap: a 429.
+    async fn admit(&self, user: &str, cid: &str) -> Result<(), TurnError> {
+        let max = self.config.active_conversations_per_user_max;
+        let store_down = |e: StoreError| {
+            tracing::warn!(error = %e, "admission failed");
+            self.unavailable(Unavailable::Store)
+        };
+        if max == 0 || self.store.admit(user, cid, max).await.map_err(store_down)? {
+            return Ok(());
+        }
+        let counted = self.store.active(user).await.map_err(store_down)?;
+        for (other, at) in &counted.entries {
+            let finished = match self.store.load(other).await.map_err(store_down)? {
+                Some(r) => r.owner != user || r.state.step.is_terminal(),
+                None => counted.now_ms.saturating_sub(*at) >= ADMIT_GRACE_MS,
+            };
+            if finished {
+                self.store.dismiss(user, other).await.map_err(store_down)?;
+            }
+        }
+        match self.store.admit(user, cid, max).await.map_err(store_down)? {
+            true => Ok(()),
+            false => Err(TurnError::TooManyConversations { max }),
+        }
+    }
+
+    /// Stops counting a finished conversation against its user's cap. Best effort: a count
+    /// left behind is dropped by the reconciliation at the cap.
+    async fn dismiss(&self, user: &str, cid: &str) {
+        if self.config.active_conversations_per_user_max == 0 {
+            return;
+        }
+        if let Err(e) = self.store.dismiss(user, cid).await {
+            tracing::warn!(cid, error = %e, "could not stop counting a finished conversation");
+        }
     }
 
     /// The conversation's current state, for its owner only.
@@ -436,6 +497,9 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             state: next.state.clone(),
         });
 
+        if next.state.step.is_terminal() {
+            self.dismiss(&req.user, cid).await;
+        }
         // Effects only after the commit that made the transition durable.
         if submit {
             self.submit(cid, &next).await;

@@ -5,7 +5,7 @@
 //! README "Statuses" lists, every error the API's JSON shape, and no user may see another's
 //! data. Named after the findings of issue 10 where a test holds one of them.
 
-use orchestrator::http::{router, serve, Api};
+use orchestrator::http::{router, serve_with, Api, Limits};
 use orchestrator::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Every status the server may send (README "Statuses").
-const CONTRACT: &[u16] = &[200, 201, 400, 401, 404, 405, 408, 409, 413, 414, 422, 431, 503];
+const CONTRACT: &[u16] = &[200, 201, 400, 401, 404, 405, 408, 409, 413, 414, 422, 429, 431, 503];
 /// Statuses hyper answers by itself, before any of our code runs, with an empty body: a request
 /// line or head it cannot parse (400), a path over its limit (414), a head over its limit (431).
 const HTTP_LAYER: &[u16] = &[400, 414, 431];
@@ -32,10 +32,10 @@ struct Server {
 /// One server for the whole binary (but the test that floods it), on a runtime thread of its own.
 fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(start)
+    S.get_or_init(|| start(Limits::default()))
 }
 
-fn start() -> Server {
+fn start(limits: Limits) -> Server {
     {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -49,8 +49,9 @@ fn start() -> Server {
                     SeededRng::from_seed(10),
                     TurnConfig::default(),
                 );
-                let tokens =
-                    BTreeMap::from([("alice-token".to_string(), "alice".to_string()), ("bob-token".to_string(), "bob".to_string())]);
+                let tokens = BTreeMap::from(
+                    [("alice-token", "alice"), ("bob-token", "bob"), ("carol-token", "carol")].map(|(t, u)| (t.to_string(), u.to_string())),
+                );
                 let api = Arc::new(Api { orchestrator: o, tokens });
                 let alice = api.orchestrator.create("alice", "lead").await.unwrap();
                 let bob = api.orchestrator.create("bob", "lead").await.unwrap();
@@ -63,7 +64,7 @@ fn start() -> Server {
                 api.orchestrator.turn(&turn).await.unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send((listener.local_addr().unwrap(), alice, bob)).unwrap();
-                serve(listener, router(api)).await;
+                serve_with(listener, router(api), limits).await;
             });
         });
         let (addr, alice, bob) = rx.recv().unwrap();
@@ -243,7 +244,7 @@ fn open_files_limit() -> Option<usize> {
 fn finding_1_five_thousand_stalled_bodies_from_one_peer_lock_nobody_else_out() {
     let flood_max = 5_000;
     let n = open_files_limit().map_or(flood_max, |l| flood_max.min(l.saturating_sub(600)));
-    let s = start();
+    let s = start(Limits::default());
     let stalled = "POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer alice-token\r\ncontent-length: 100\r\n\r\n{";
     let mut flood = Vec::with_capacity(n);
     for _ in 0..n {
@@ -290,6 +291,74 @@ fn finding_1_five_thousand_stalled_bodies_from_one_peer_lock_nobody_else_out() {
     }
     eprintln!("{n} stalled connections held from 127.0.0.1: /healthz from 127.0.0.2 answered in {health_took:?}, a turn in {turn_took:?}; {refused}/20 of the newest flood connections were refused with 503");
     assert!(refused > 0, "no flood connection was refused: the per-peer limit did not bite");
+}
+
+/// Finding 7, the per-user part: one user cannot fill the store with conversations. Past the cap
+/// on unfinished conversations (100 by default) a create is a JSON 429 that says why; another
+/// user is not affected; finishing one frees a place.
+#[test]
+fn finding_7_a_user_past_the_cap_on_unfinished_conversations_gets_429() {
+    let carol = [("authorization", "Bearer carol-token")];
+    let max = TurnConfig::default().active_conversations_per_user_max;
+    let mut first = None;
+    for _ in 0..max {
+        let a = request("POST", "/v1/conversations", &carol, r#"{"workflow":"lead"}"#).unwrap();
+        assert_eq!(a.status, 201, "{a:?}");
+        first.get_or_insert(serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let a = request("POST", "/v1/conversations", &carol, r#"{"workflow":"lead"}"#).unwrap();
+    assert!(a.status == 429 && a.is_json_error() && a.body.contains("too_many_conversations"), "{a:?}");
+    let a = request("POST", "/v1/conversations", &[("authorization", "Bearer bob-token")], r#"{"workflow":"lead"}"#).unwrap();
+    assert_eq!(a.status, 201, "another user is not affected: {a:?}");
+    let turn = format!("/v1/conversations/{}/turns", first.unwrap());
+    let a = request("POST", &turn, &[carol[0], ("idempotency-key", "end-1")], r#"{"query":"cancel"}"#).unwrap();
+    assert!(a.status == 200 && a.body.contains("\"step\":\"cancelled\""), "{a:?}");
+    let a = request("POST", "/v1/conversations", &carol, r#"{"workflow":"lead"}"#).unwrap();
+    assert_eq!(a.status, 201, "a finished conversation frees its place: {a:?}");
+}
+
+/// Connects from `ip` (any 127.x.y.z is this machine) and sends `req`.
+fn connect_from(ip: &str, to: SocketAddr, req: &str) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&format!("{ip}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.write_all(req.as_bytes()).unwrap();
+    c
+}
+
+fn read_answer(mut c: TcpStream) -> Answer {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Answer { status: head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0), head: head.to_string(), body: body.to_string() }
+}
+
+/// Finding 1, many peers: stalled bodies from more addresses than the per-peer limit can stop
+/// take every connection slot (the limits are scaled down here: 32 slots, 8 per peer, 5 peers).
+/// `/healthz` from yet another address is still answered 200, and a turn gets the JSON 503 with
+/// `Retry-After` instead of waiting for a slot.
+#[test]
+fn finding_1_at_the_connection_limit_health_is_answered_and_the_rest_told_to_retry() {
+    let s = start(Limits { connections_max: 32, per_peer_max: 8, overflow_max: 16 });
+    let stalled = "POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer alice-token\r\ncontent-length: 100\r\n\r\n{";
+    let flood: Vec<TcpStream> =
+        (1..=5).flat_map(|p| (0..8).map(move |_| p)).map(|p| connect_from(&format!("127.0.0.{p}"), s.addr, stalled)).collect();
+    // The flood is served (its heads were read) before the probes: wait until a probe is turned away.
+    let health = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let health = read_answer(connect_from("127.0.0.9", s.addr, health));
+    assert!(health.status == 200 && health.body == "ok", "{health:?}");
+    let body = r#"{"query":"hello"}"#;
+    let turn = format!(
+        "POST /v1/conversations/{}/turns HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer alice-token\r\nidempotency-key: over-1\r\ncontent-length: {}\r\n\r\n{body}",
+        s.alice,
+        body.len()
+    );
+    let turned = read_answer(connect_from("127.0.0.9", s.addr, &turn));
+    assert!(turned.status == 503 && turned.is_json_error() && turned.header("retry-after").is_some(), "{turned:?}");
+    drop(flood);
 }
 
 proptest! {

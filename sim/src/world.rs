@@ -636,4 +636,14 @@ impl Store for RecordedMem {
     async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         Ok(self.store.extend_now(cid, owner_token, idem_key, ttl_ms))
     }
+    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
+        Ok(self.store.admit_now(user, cid, max))
+    }
+    async fn active(&self, user: &str) -> Result<orchestrator::store::ActiveList, StoreError> {
+        Ok(self.store.active_now(user))
+    }
+    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
+        self.store.dismiss_now(user, cid);
+        Ok(())
+    }
 }

@@ -82,6 +82,8 @@ impl Shard {
 pub struct MemStore {
     clock: Arc<dyn Clock>,
     shards: Vec<Mutex<Shard>>,
+    /// Per user, the conversations counted against their cap and when each was counted.
+    active: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 impl MemStore {
@@ -91,7 +93,7 @@ impl MemStore {
 
     pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
         assert!(shards > 0, "MemStore needs at least one shard");
-        Self { clock, shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect() }
+        Self { clock, shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(), active: Mutex::new(BTreeMap::new()) }
     }
 
     fn shard(&self, cid: &str) -> &Mutex<Shard> {
@@ -203,6 +205,37 @@ impl MemStore {
         ok
     }
 
+    pub fn admit_now(&self, user: &str, cid: &str, max: u64) -> bool {
+        let now = self.clock.now_ms();
+        let mut active = lock(&self.active);
+        let mine = active.entry(user.to_string()).or_default();
+        if mine.contains_key(cid) {
+            return true;
+        }
+        if mine.len() as u64 >= max {
+            return false;
+        }
+        mine.insert(cid.to_string(), now);
+        true
+    }
+
+    pub fn active_now(&self, user: &str) -> ActiveList {
+        let now_ms = self.clock.now_ms();
+        let active = lock(&self.active);
+        let entries = active.get(user).map(|m| m.iter().map(|(c, at)| (c.clone(), *at)).collect()).unwrap_or_default();
+        ActiveList { now_ms, entries }
+    }
+
+    pub fn dismiss_now(&self, user: &str, cid: &str) {
+        let mut active = lock(&self.active);
+        if let Some(mine) = active.get_mut(user) {
+            mine.remove(cid);
+            if mine.is_empty() {
+                active.remove(user);
+            }
+        }
+    }
+
     /// The current fence of a conversation (tests and models).
     pub fn fence_now(&self, cid: &str) -> u64 {
         lock(self.shard(cid)).leases.fence(&keys::lock(cid))
@@ -237,6 +270,16 @@ impl Store for MemStore {
     }
     async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         Ok(self.extend_now(cid, owner_token, idem_key, ttl_ms))
+    }
+    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
+        Ok(self.admit_now(user, cid, max))
+    }
+    async fn active(&self, user: &str) -> Result<ActiveList, StoreError> {
+        Ok(self.active_now(user))
+    }
+    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
+        self.dismiss_now(user, cid);
+        Ok(())
     }
 }
 

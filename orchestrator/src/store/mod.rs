@@ -56,6 +56,11 @@ pub mod keys {
     pub fn state(cid: &str) -> String {
         tagged(STATE, cid)
     }
+    /// The conversations a user has counted against their cap (a hash `cid → admitted at ms`),
+    /// tagged by the user so that its script touches one Redis Cluster slot.
+    pub fn active(user: &str) -> String {
+        format!("active:{{u:{user}}}")
+    }
     /// The idempotency entry: scoped by conversation, user, and machine version.
     pub fn idem(cid: &str, user: &str, key: &str) -> String {
         format!("idem:{{c:{cid}}}:{user}:{MACHINE_VERSION}:{key}")
@@ -121,6 +126,14 @@ pub struct CommitArgs<'a> {
     pub retain_ms: u64,
 }
 
+/// The conversations a user has counted as active, each with the store's time when it was
+/// counted, and the store's time now (so that the age of an entry is read on one clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveList {
+    pub now_ms: u64,
+    pub entries: Vec<(String, u64)>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
     Committed,
@@ -146,6 +159,13 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Compare-and-extend of the lease and the in-flight marker.
     fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Counts `cid` among `user`'s active conversations unless `max` are counted already, in one
+    /// atomic step; true if it is counted (now or before).
+    fn admit(&self, user: &str, cid: &str, max: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// What `admit` has counted for `user`.
+    fn active(&self, user: &str) -> impl Future<Output = Result<ActiveList, StoreError>> + Send;
+    /// Stops counting `cid` for `user` (nothing if it was not counted).
+    fn dismiss(&self, user: &str, cid: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl<S: Store> Store for std::sync::Arc<S> {
@@ -166,5 +186,14 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).extend(cid, owner_token, idem_key, ttl_ms)
+    }
+    fn admit(&self, user: &str, cid: &str, max: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        (**self).admit(user, cid, max)
+    }
+    fn active(&self, user: &str) -> impl Future<Output = Result<ActiveList, StoreError>> + Send {
+        (**self).active(user)
+    }
+    fn dismiss(&self, user: &str, cid: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).dismiss(user, cid)
     }
 }

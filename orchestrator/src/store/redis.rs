@@ -107,6 +107,24 @@ end
 return 0
 "#;
 
+    /// KEYS: active. ARGV: cid, max. Counts the conversation with the server's time, unless
+    /// `max` are counted already.
+    pub const ADMIT: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+return 1
+"#;
+
+    /// KEYS: active. The server's time in ms, then the hash's fields and values.
+    pub const ACTIVE: &str = r#"
+local t = redis.call('TIME')
+local all = redis.call('HGETALL', KEYS[1])
+table.insert(all, 1, string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
+return all
+"#;
+
     /// KEYS: state. ARGV: owner, record.
     pub const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -116,6 +134,8 @@ return 1
 }
 
 struct Scripts {
+    admit: Script,
+    active: Script,
     begin: Script,
     commit: Script,
     release: Script,
@@ -194,6 +214,8 @@ impl<C: Connector> RedisStore<C> {
             config,
             rng: SeededRng::from_seed(seed),
             scripts: Scripts {
+                admit: Script::new(scripts::ADMIT),
+                active: Script::new(scripts::ACTIVE),
                 begin: Script::new(scripts::BEGIN),
                 commit: Script::new(scripts::COMMIT),
                 release: Script::new(scripts::RELEASE),
@@ -398,5 +420,33 @@ impl<C: Connector> Store for RedisStore<C> {
         c.arg(owner_token).arg(ttl_ms);
         let v = self.eval(&self.scripts.extend, &c).await?;
         Ok(as_int(&v).ok_or_else(|| protocol("extend", &v))? == 1)
+    }
+
+    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
+        let mut c = evalsha(&self.scripts.admit, 1);
+        c.arg(keys::active(user)).arg(cid).arg(max);
+        let v = self.eval(&self.scripts.admit, &c).await?;
+        Ok(as_int(&v).ok_or_else(|| protocol("admit", &v))? == 1)
+    }
+
+    async fn active(&self, user: &str) -> Result<ActiveList, StoreError> {
+        let mut c = evalsha(&self.scripts.active, 1);
+        c.arg(keys::active(user));
+        let v = self.eval(&self.scripts.active, &c).await?;
+        let Value::Array(items) = &v else { return Err(protocol("active", &v)) };
+        let now_ms = items.first().and_then(as_int).ok_or_else(|| protocol("active", &v))? as u64;
+        let mut entries = Vec::with_capacity(items.len() / 2);
+        for pair in items[1..].chunks(2) {
+            let [cid, at] = pair else { return Err(protocol("active", &v)) };
+            let cid = as_bytes(cid).and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(|| protocol("active", &v))?;
+            entries.push((cid.to_string(), as_int(at).unwrap_or(0) as u64));
+        }
+        Ok(ActiveList { now_ms, entries })
+    }
+
+    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
+        let mut c = self.connection().await?;
+        ::redis::cmd("HDEL").arg(keys::active(user)).arg(cid).query_async::<Value>(&mut c).await.map_err(|e| self.failed(e))?;
+        Ok(())
     }
 }

@@ -284,6 +284,29 @@ async fn a_finished_conversation_is_gone_after_its_retention<F: Fixture>(f: &F) 
     assert_eq!(begin(f, &cid, "alice", "k2", "fp2", "t2").await, BeginOutcome::NotFound);
 }
 
+async fn admission_counts_each_users_unfinished_conversations_up_to_the_cap<F: Fixture>(f: &F) {
+    // Users of their own (the Redis server is shared by every test).
+    let (alice, bob) = (format!("alice-{}", fresh_cid()), format!("bob-{}", fresh_cid()));
+    let s = f.store();
+    assert!(s.admit(&alice, "c1", 2).await.unwrap());
+    f.pass_ms(5).await;
+    assert!(s.admit(&alice, "c2", 2).await.unwrap());
+    assert!(!s.admit(&alice, "c3", 2).await.unwrap(), "a third past a cap of 2");
+    assert!(s.admit(&alice, "c1", 2).await.unwrap(), "one already counted is admitted again");
+    assert!(s.admit(&bob, "c3", 2).await.unwrap(), "the cap is per user");
+    let listed = s.active(&alice).await.unwrap();
+    let mut cids: Vec<&str> = listed.entries.iter().map(|(c, _)| c.as_str()).collect();
+    cids.sort();
+    assert_eq!(cids, ["c1", "c2"]);
+    let at = |c: &str| listed.entries.iter().find(|(x, _)| x == c).unwrap().1;
+    assert!(at("c1") <= at("c2") && at("c2") <= listed.now_ms && listed.now_ms - at("c1") < 60_000, "{listed:?}");
+    s.dismiss(&alice, "c1").await.unwrap();
+    s.dismiss(&alice, "never-counted").await.unwrap();
+    assert!(s.admit(&alice, "c3", 2).await.unwrap(), "a dismissed one frees its place");
+    assert!(!s.admit(&alice, "c4", 2).await.unwrap());
+    assert_eq!(s.active(&format!("nobody-{}", fresh_cid())).await.unwrap().entries, vec![]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod mem_store {
@@ -319,4 +342,5 @@ conformance!(
     expired_owner_cannot_extend,
     users_are_scoped,
     a_finished_conversation_is_gone_after_its_retention,
+    admission_counts_each_users_unfinished_conversations_up_to_the_cap,
 );

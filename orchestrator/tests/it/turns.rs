@@ -269,6 +269,15 @@ impl Store for DownStore {
     async fn extend(&self, _: &str, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
         Err(StoreError::Unavailable("connection refused".into()))
     }
+    async fn admit(&self, _: &str, _: &str, _: u64) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn active(&self, _: &str) -> Result<orchestrator::store::ActiveList, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn dismiss(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
 }
 
 /// A `MemStore` whose commits misbehave: `apply` says whether a commit reaches the store at
@@ -300,6 +309,15 @@ impl<F: Fn(&CommitArgs<'_>) -> bool + Send + Sync + 'static> Store for FlakyComm
     }
     async fn extend(&self, c: &str, t: &str, k: &str, ms: u64) -> Result<bool, StoreError> {
         self.inner.extend(c, t, k, ms).await
+    }
+    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
+        self.inner.admit(user, cid, max).await
+    }
+    async fn active(&self, user: &str) -> Result<orchestrator::store::ActiveList, StoreError> {
+        self.inner.active(user).await
+    }
+    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
+        self.inner.dismiss(user, cid).await
     }
 }
 
@@ -518,4 +536,34 @@ async fn the_acquire_deadline_holds_whatever_the_wall_clock_does() {
     let outcome = outcome.expect("the turn waited past the acquire deadline (60 s and counting)");
     assert!(matches!(outcome, Err(TurnError::Unavailable { reason: Unavailable::LockBusy, .. })), "{outcome:?}");
     assert!(started.elapsed() <= Duration::from_millis(300 + 100), "waited {:?}", started.elapsed());
+}
+
+/// The cap on unfinished conversations per user: past it, a create is refused with
+/// `TooManyConversations` (HTTP 429) and nothing is created; a conversation that finishes frees
+/// its place; a count left behind by a create that never happened is dropped once it is older
+/// than the grace, and the cap is per user.
+#[tokio::test(start_paused = true)]
+async fn a_user_past_the_cap_on_unfinished_conversations_is_refused_until_one_finishes() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock));
+    let config = TurnConfig { active_conversations_per_user_max: 2, ..TurnConfig::default() };
+    let o = orch(store.clone(), Arc::new(ScriptedCopilot::new()), 7, config);
+    let c1 = o.create("alice", "lead").await.unwrap();
+    let _c2 = o.create("alice", "lead").await.unwrap();
+    let before = store.conversations();
+    assert!(matches!(o.create("alice", "lead").await, Err(TurnError::TooManyConversations { max: 2 })));
+    assert_eq!(store.conversations(), before, "a refused create made a conversation");
+    o.create("bob", "lead").await.expect("the cap is per user");
+
+    let done = o.turn(&req(&c1, "alice", "k1", "cancel")).await.unwrap();
+    assert_eq!(done.workflow_state.step, Step::Cancelled);
+    let c3 = o.create("alice", "lead").await.expect("a finished conversation frees its place");
+
+    // A count whose conversation was never created (its create failed after the count) holds
+    // a place only for the grace period.
+    o.turn(&req(&c3, "alice", "k2", "cancel")).await.unwrap();
+    assert!(store.admit_now("alice", "never-created", 2));
+    assert!(matches!(o.create("alice", "lead").await, Err(TurnError::TooManyConversations { .. })));
+    tokio::time::advance(Duration::from_millis(orchestrator::turn::ADMIT_GRACE_MS)).await;
+    o.create("alice", "lead").await.expect("the stale count was reconciled away");
 }

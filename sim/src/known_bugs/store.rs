@@ -287,4 +287,13 @@ impl<S: Store> Store for BuggyStore<S> {
         // Without fencing, a lost lease is simply not noticed.
         Ok(held || self.is(KnownBug::NoFencing))
     }
+    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
+        self.inner.admit(user, cid, max).await
+    }
+    async fn active(&self, user: &str) -> Result<orchestrator::store::ActiveList, StoreError> {
+        self.inner.active(user).await
+    }
+    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
+        self.inner.dismiss(user, cid).await
+    }
 }
