@@ -93,6 +93,9 @@ impl<S: Store> Store for Timed<S> {
     async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
         self.inner.dismiss(user, cid).await
     }
+    async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
+        self.inner.cancel(a).await
+    }
 }
 
 type Orch<S = MemStore> = Orchestrator<Arc<Timed<S>>, Arc<ScriptedCopilot>, Arc<RecordingEffects>>;

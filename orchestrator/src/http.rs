@@ -10,6 +10,7 @@ use crate::copilot::Copilot;
 use crate::effects::Effects;
 use crate::store::Store;
 use crate::turn::{Orchestrator, TurnError, TurnRequest};
+use crate::workflow::WorkflowState;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
@@ -50,11 +51,18 @@ pub struct Api<S, C, E> {
 }
 
 #[derive(Debug)]
-pub struct ApiError(StatusCode, &'static str, String, Option<u64>);
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_s: Option<u64>,
+    /// The conversation as it is, where the error is about it (a turn refused by a cancel).
+    state: Option<Box<WorkflowState>>,
+}
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Self {
-        Self(status, code, msg.into(), None)
+        Self { status, code, message: msg.into(), retry_after_s: None, state: None }
     }
 }
 
@@ -66,16 +74,23 @@ impl From<TurnError> for ApiError {
             TurnError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
             TurnError::InFlight => Self::new(StatusCode::CONFLICT, "in_flight", msg),
             TurnError::KeyReused => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "key_reused", msg),
+            TurnError::Cancelled { state } => Self { state: Some(state), ..Self::new(StatusCode::CONFLICT, "cancelled", msg) },
             TurnError::TooManyConversations { .. } => Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_conversations", msg),
-            TurnError::Unavailable { retry_after_s, .. } => Self(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg, Some(retry_after_s)),
+            TurnError::Unavailable { retry_after_s, .. } => {
+                Self { retry_after_s: Some(retry_after_s), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg) }
+            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.0, Json(json!({"error": self.1, "message": self.2}))).into_response();
-        if let Some(s) = self.3 {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(state) = self.state {
+            body["workflowState"] = json!(state);
+        }
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
@@ -211,6 +226,17 @@ async fn read<S: Store, C: Copilot, E: Effects>(
     Ok(Json(json!({"workflowState": state})).into_response())
 }
 
+/// `POST /v1/conversations/{id}/cancel`: no body, no key (a cancel is idempotent).
+async fn cancel<S: Store, C: Copilot, E: Effects>(
+    State(api): State<Arc<Api<S, C, E>>>,
+    Extension(User(user)): Extension<User>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let cid = conversation_id(path)?;
+    let resp = detached(async move { api.orchestrator.cancel(&user, &cid).await }).await??;
+    Ok(Json(resp).into_response())
+}
+
 /// Runs a state-changing operation in a task of its own, so that it finishes even if this
 /// request's handler is dropped (the client hung up, or the connection failed): a turn that
 /// took the lease always commits or hands the lease back, and its answer is kept for the
@@ -271,6 +297,7 @@ pub fn router<S: Store, C: Copilot, E: Effects>(api: Arc<Api<S, C, E>>) -> Route
         .route("/conversations", post(create::<S, C, E>))
         .route("/conversations/{id}/turns", post(turn::<S, C, E>))
         .route("/conversations/{id}", get(read::<S, C, E>))
+        .route("/conversations/{id}/cancel", post(cancel::<S, C, E>))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate::<S, C, E>))
         .with_state(api);
@@ -357,9 +384,10 @@ pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listene
 /// What a connection past [`Limits::connections_max`] is served: health, or a 503.
 fn overloaded() -> Router {
     let busy = || async {
-        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is at its connection limit");
-        e.3 = Some(1);
-        e
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is at its connection limit")
+        }
     };
     Router::new().route("/healthz", get(|| async { "ok" }).fallback(busy)).fallback(busy).layer(middleware::from_fn(json_errors))
 }

@@ -91,6 +91,15 @@ impl LeaseTable {
     }
 
     /// Drops everything about `key`, its fence too: only for a conversation that is gone.
+    /// Takes the lease away from whoever holds it, without taking it: the fence grows (so the
+    /// holder can no longer commit) and nobody holds it. Returns the new fence.
+    pub fn take_over(&mut self, key: &str) -> u64 {
+        let lease = self.leases.entry(key.to_string()).or_default();
+        lease.fence += 1;
+        lease.holder = None;
+        lease.fence
+    }
+
     pub fn forget(&mut self, key: &str) {
         self.leases.remove(key);
     }
@@ -124,6 +133,17 @@ mod tests {
         assert_eq!(t.holder("c", 160), None);
         assert!(t.may_commit("c", "b", 2, 160), "expired or released lease, fence still newest");
         assert_eq!(t.acquire("c", "a", 160, 100), Ok(3));
+    }
+
+    #[test]
+    fn a_take_over_fences_the_holder_out_and_frees_the_lease() {
+        let mut t = LeaseTable::new();
+        assert_eq!(t.acquire("c", "a", 0, 100), Ok(1));
+        assert_eq!(t.take_over("c"), 2);
+        assert!(!t.may_commit("c", "a", 1, 10), "the holder's fence is stale");
+        assert!(!t.extend("c", "a", 10, 100), "and it holds nothing");
+        assert_eq!(t.holder("c", 10), None);
+        assert_eq!(t.acquire("c", "b", 10, 100), Ok(3));
     }
 
     #[test]

@@ -38,4 +38,4 @@ pub use copilot::{Copilot, HttpCopilot, ScriptedCopilot};
 pub use effects::{Effects, RecordingEffects, WebhookEffects};
 pub use rng::SeededRng;
 pub use store::{MemStore, Store};
-pub use turn::{Orchestrator, TurnConfig, TurnError, TurnRequest, TurnResponse};
+pub use turn::{CancelResponse, CancelResult, Orchestrator, TurnConfig, TurnError, TurnRequest, TurnResponse};

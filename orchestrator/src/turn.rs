@@ -12,7 +12,9 @@ use crate::copilot::{Copilot, CopilotRequest};
 use crate::effects::{submission_key, Effects, Submission, SubmitOutcome};
 use crate::extract::extract;
 use crate::rng::SeededRng;
-use crate::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store, StoreError};
+use crate::store::{
+    keys, BeginArgs, BeginOutcome, CancelArgs, CancelOutcome, CancelWrite, CommitArgs, CommitOutcome, ConversationRecord, Store, StoreError,
+};
 use crate::workflow::{self, apply_turn, reply_text, Command, Event, Step, WorkflowState};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -133,6 +135,28 @@ impl From<&Event> for Extracted {
     }
 }
 
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelResult {
+    /// This request cancelled the conversation.
+    Cancelled,
+    /// It had already finished (cancelled, succeeded — its submission stands — or handed to a
+    /// person): nothing changed.
+    AlreadyFinished,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelResponse {
+    pub result: CancelResult,
+    pub workflow_state: WorkflowState,
+}
+
+/// A cancel that keeps finding the conversation changed under it (turns committing, leases
+/// taken) tries this many times before answering 503.
+pub const CANCEL_ATTEMPTS_MAX: u32 = 8;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnResponse {
@@ -176,6 +200,8 @@ pub enum TurnError {
     KeyReused,
     #[error("{max} conversations of yours are not finished yet; finish one before starting another")]
     TooManyConversations { max: u64 },
+    #[error("the conversation was cancelled while this turn ran; nothing of the turn was stored")]
+    Cancelled { state: Box<WorkflowState> },
     #[error("temporarily unavailable ({reason:?}); retry after {retry_after_s}s")]
     Unavailable { reason: Unavailable, retry_after_s: u64 },
 }
@@ -184,17 +210,67 @@ pub enum TurnError {
 /// empty and relies on tracing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
-    LeaseTaken { cid: String, user: String, idem_key: String, fence: u64, version: u64 },
-    LeaseLost { cid: String, fence: u64 },
-    CopilotCalled { cid: String, fence: u64, ok: bool },
-    Transition { cid: String, user: String, fence: u64, from: Step, to: Step, events: Vec<Event> },
-    Committed { cid: String, user: String, idem_key: String, fence: u64, version: u64, state: WorkflowState },
-    CommitRejected { cid: String, fence: u64 },
+    LeaseTaken {
+        cid: String,
+        user: String,
+        idem_key: String,
+        fence: u64,
+        version: u64,
+    },
+    LeaseLost {
+        cid: String,
+        fence: u64,
+    },
+    CopilotCalled {
+        cid: String,
+        fence: u64,
+        ok: bool,
+    },
+    Transition {
+        cid: String,
+        user: String,
+        fence: u64,
+        from: Step,
+        to: Step,
+        events: Vec<Event>,
+    },
+    Committed {
+        cid: String,
+        user: String,
+        idem_key: String,
+        fence: u64,
+        version: u64,
+        state: WorkflowState,
+    },
+    CommitRejected {
+        cid: String,
+        fence: u64,
+    },
     // A turn that took the lease gave up without committing and handed the lease back
     // (`released`: the store confirmed it; otherwise it lapses at its TTL).
-    Released { cid: String, fence: u64, released: bool },
-    Replayed { cid: String, user: String, idem_key: String, version: u64 },
-    Submitted { cid: String, key: String, duplicate: bool },
+    Released {
+        cid: String,
+        fence: u64,
+        released: bool,
+    },
+    Replayed {
+        cid: String,
+        user: String,
+        idem_key: String,
+        version: u64,
+    },
+    /// A cancel took the conversation over: written as `version` under the new `fence`.
+    Cancelled {
+        cid: String,
+        user: String,
+        fence: u64,
+        version: u64,
+    },
+    Submitted {
+        cid: String,
+        key: String,
+        duplicate: bool,
+    },
 }
 
 pub trait Observer: Send + Sync + 'static {
@@ -242,6 +318,17 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
     fn emit(&self, ev: impl FnOnce() -> ServerEvent) {
         if let Some(o) = &self.observer {
             o.event(ev());
+        }
+    }
+
+    /// What a turn that lost its lease under `fence` answers: that the conversation was
+    /// cancelled, if a cancel took it over (nothing to retry); otherwise "retry later".
+    async fn lease_lost(&self, cid: &str, fence: u64) -> TurnError {
+        match self.store.load(cid).await {
+            Ok(Some(now)) if now.state.step == Step::Cancelled && now.writer_fence > fence => {
+                TurnError::Cancelled { state: Box::new(now.state) }
+            }
+            _ => self.unavailable(Unavailable::LeaseLost),
         }
     }
 
@@ -317,6 +404,47 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         if let Err(e) = self.store.dismiss(user, cid).await {
             tracing::warn!(cid, error = %e, "could not stop counting a finished conversation");
         }
+    }
+
+    /// Cancels a conversation for its owner without waiting for the lease: in one store step
+    /// it takes the conversation over from any turn in flight (whose commit is then refused).
+    /// One already finished is left as it is (a `succeeded` one keeps its submission).
+    pub async fn cancel(&self, user: &str, cid: &str) -> Result<CancelResponse, TurnError> {
+        if !valid_conversation_id(cid) {
+            return Err(TurnError::NotFound);
+        }
+        let store_down = |e: StoreError| {
+            tracing::warn!(cid, error = %e, "cancel failed");
+            self.unavailable(Unavailable::Store)
+        };
+        // What to write and on what condition: nothing, until the store has shown the conversation.
+        let mut pending: Option<(String, u64, ConversationRecord)> = None;
+        for _ in 0..CANCEL_ATTEMPTS_MAX {
+            let retain_ms = self.config.terminal_retention_ms.max(1);
+            let write = pending.as_ref().map(|(seen, fence, record)| CancelWrite { seen, fence: *fence, record, retain_ms });
+            match self.store.cancel(&CancelArgs { cid, user, write }).await.map_err(store_down)? {
+                CancelOutcome::NotFound => return Err(TurnError::NotFound),
+                CancelOutcome::Cancelled { fence } => {
+                    let Some((_, _, record)) = pending else { return Err(self.unavailable(Unavailable::Store)) };
+                    tracing::info!(cid, user, fence, version = record.state.version, "cancelled");
+                    self.emit(|| ServerEvent::Cancelled { cid: cid.into(), user: user.into(), fence, version: record.state.version });
+                    self.dismiss(user, cid).await;
+                    return Ok(CancelResponse { result: CancelResult::Cancelled, workflow_state: record.state });
+                }
+                CancelOutcome::Changed { record, seen, fence } => {
+                    if record.state.step.is_terminal() {
+                        return Ok(CancelResponse { result: CancelResult::AlreadyFinished, workflow_state: record.state });
+                    }
+                    let mut cancelled = record;
+                    cancelled.state.step = Step::Cancelled;
+                    cancelled.state.version += 1;
+                    cancelled.writer_fence = fence + 1;
+                    pending = Some((seen, fence, cancelled));
+                }
+            }
+        }
+        tracing::warn!(cid, "cancel kept finding the conversation changed");
+        Err(self.unavailable(Unavailable::LockBusy))
     }
 
     /// The conversation's current state, for its owner only.
@@ -481,7 +609,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             Ok(CommitOutcome::Superseded) => {
                 tracing::warn!(cid, fence, "commit rejected: a later lease was taken");
                 self.emit(|| ServerEvent::CommitRejected { cid: cid.into(), fence });
-                return Err(self.unavailable(Unavailable::LeaseLost));
+                return Err(self.lease_lost(cid, fence).await);
             }
             Err(e) => {
                 tracing::warn!(cid, error = %e, "commit failed");
@@ -549,7 +677,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                         Ok(false) => {
                             tracing::warn!(cid, fence, "lease lost during the copilot call");
                             self.emit(|| ServerEvent::LeaseLost { cid: cid.into(), fence });
-                            return Err(self.unavailable(Unavailable::LeaseLost));
+                            return Err(self.lease_lost(cid, fence).await);
                         }
                         Err(e) => {
                             tracing::warn!(cid, error = %e, "extend failed");

@@ -376,7 +376,9 @@ proptest! {
             Just("/v1/conversations/ALICE/turns".to_string()),
             Just("/v1/conversations/BOB".to_string()),
             Just("/v1/conversations/BOB/turns".to_string()),
-            "/v1/conversations/[a-zA-Z0-9%._~-]{0,80}(/turns)?",
+            Just("/v1/conversations/BOB/cancel".to_string()),
+            Just("/v1/conversations/ALICE/cancel".to_string()),
+            "/v1/conversations/[a-zA-Z0-9%._~-]{0,80}(/turns|/cancel)?",
             "/[ -~&&[^ ]]{0,40}",
         ],
         auth in prop_oneof![

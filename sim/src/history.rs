@@ -104,6 +104,15 @@ pub enum Ev {
         key: String,
         duplicate: bool,
     },
+    /// A worker's cancel took the conversation over (the worker's account; the store's is the
+    /// `ModelCommit` with no idempotency key).
+    CancelCommitted {
+        worker: String,
+        cid: String,
+        user: String,
+        fence: u64,
+        version: u64,
+    },
     /// The Redis model applied a commit (the serialisation order), read from its write log;
     /// `fence` is the conversation's fence counter at that moment (the newest lease).
     ModelCommit {
@@ -317,6 +326,7 @@ impl Observer for WorkerObserver {
             ServerEvent::Released { cid, fence, released } => Ev::Released { worker: w, cid, fence, released },
             ServerEvent::Replayed { cid, user, idem_key, version } => Ev::Replayed { worker: w, cid, user, idem_key, version },
             ServerEvent::Submitted { cid, key, duplicate } => Ev::Submitted { worker: w, cid, key, duplicate },
+            ServerEvent::Cancelled { cid, user, fence, version } => Ev::CancelCommitted { worker: w, cid, user, fence, version },
         };
         self.history.push(ev);
     }

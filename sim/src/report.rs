@@ -279,6 +279,9 @@ pub fn describe(ev: &Ev) -> String {
             format!("{worker} c={} fence={fence} {} -> {} on [{}]", short(cid), from.as_str(), to.as_str(), evs.join(", "))
         }
         Ev::Committed { worker, cid, fence, version, .. } => format!("{worker} committed c={} fence={fence} v{version}", short(cid)),
+        Ev::CancelCommitted { worker, cid, fence, version, .. } => {
+            format!("{worker} cancelled c={} fence={fence} v{version} (took it over)", short(cid))
+        }
         Ev::CommitRejected { worker, cid, fence } => format!("{worker} COMMIT REJECTED c={} fence={fence}", short(cid)),
         Ev::Released { worker, cid, fence, released } => {
             format!("{worker} gave up c={} fence={fence}, lease {}", short(cid), if *released { "released" } else { "left to lapse" })

@@ -646,4 +646,17 @@ impl Store for RecordedMem {
         self.store.dismiss_now(user, cid);
         Ok(())
     }
+    async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
+        let outcome = self.store.cancel_now(a);
+        if let (orchestrator::store::CancelOutcome::Cancelled { fence }, Some(w)) = (&outcome, &a.write) {
+            self.history.push(Ev::ModelCommit {
+                cid: a.cid.into(),
+                fence: *fence,
+                version: w.record.state.version,
+                idem_key: String::new(),
+                record: serde_json::to_value(w.record).unwrap_or_default(),
+            });
+        }
+        Ok(outcome)
+    }
 }

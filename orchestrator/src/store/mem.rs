@@ -205,6 +205,43 @@ impl MemStore {
         ok
     }
 
+    pub fn cancel_now(&self, a: &CancelArgs<'_>) -> CancelOutcome {
+        let now = self.clock.now_ms();
+        let mut s = lock(self.shard(a.cid));
+        let expired = s.retain_until.get(a.cid).is_some_and(|until| *until <= now);
+        let current = match s.records.get(a.cid) {
+            Some(r) if r.owner == a.user && !expired => r.clone(),
+            _ => return CancelOutcome::NotFound,
+        };
+        let lock_key = keys::lock(a.cid);
+        let fence = s.leases.fence(&lock_key);
+        let seen = serde_json::to_string(&current).unwrap_or_default();
+        let Some(w) = a.write.as_ref().filter(|w| w.seen == seen && w.fence == fence) else {
+            return CancelOutcome::Changed { record: current, seen, fence };
+        };
+        let fence = s.leases.take_over(&lock_key);
+        // The in-flight marker of whoever held the lease (keys of this conversation are one range).
+        let prefix = format!("idem:{{c:{}}}:", a.cid);
+        let in_flight: Vec<String> = s
+            .idem
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, e)| matches!(e, Idem::InFlight { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in in_flight {
+            s.idem.remove(&k);
+        }
+        s.records.insert(a.cid.to_string(), w.record.clone());
+        if w.retain_ms > 0 {
+            let until = now.saturating_add(w.retain_ms);
+            s.retain_until.insert(a.cid.to_string(), until);
+            s.retain_queue.push_back((until, a.cid.to_string()));
+        }
+        s.purge(now);
+        CancelOutcome::Cancelled { fence }
+    }
+
     pub fn admit_now(&self, user: &str, cid: &str, max: u64) -> bool {
         let now = self.clock.now_ms();
         let mut active = lock(&self.active);
@@ -270,6 +307,9 @@ impl Store for MemStore {
     }
     async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
         Ok(self.extend_now(cid, owner_token, idem_key, ttl_ms))
+    }
+    async fn cancel(&self, args: &CancelArgs<'_>) -> Result<CancelOutcome, StoreError> {
+        Ok(self.cancel_now(args))
     }
     async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
         Ok(self.admit_now(user, cid, max))

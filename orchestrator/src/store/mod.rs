@@ -126,6 +126,39 @@ pub struct CommitArgs<'a> {
     pub retain_ms: u64,
 }
 
+/// A cancel: one atomic step that takes the conversation over from any turn in flight, if it
+/// is as the caller last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelArgs<'a> {
+    pub cid: &'a str,
+    pub user: &'a str,
+    /// What to write, and on what condition; `None` only asks for the conversation as it is.
+    pub write: Option<CancelWrite<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelWrite<'a> {
+    /// The record as the store last showed it (`CancelOutcome::Changed::seen`, its exact bytes)
+    /// and the fence counter then: the write happens only if neither changed since.
+    pub seen: &'a str,
+    pub fence: u64,
+    /// The cancelled record: version + 1, `writer_fence` = `fence` + 1.
+    pub record: &'a ConversationRecord,
+    /// As `CommitArgs::retain_ms`.
+    pub retain_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Written under the new fence `fence`: the lease and the in-flight marker of whoever held
+    /// it are gone, and its commit will be refused.
+    Cancelled { fence: u64 },
+    /// Not written (or not asked to): the conversation as it is now, and the fence counter.
+    Changed { record: ConversationRecord, seen: String, fence: u64 },
+    /// No such conversation, or not this user's.
+    NotFound,
+}
+
 /// The conversations a user has counted as active, each with the store's time when it was
 /// counted, and the store's time now (so that the age of an entry is read on one clock).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,6 +192,8 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Compare-and-extend of the lease and the in-flight marker.
     fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Cancels a conversation without waiting for its lease (see [`CancelArgs`]).
+    fn cancel(&self, args: &CancelArgs<'_>) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send;
     /// Counts `cid` among `user`'s active conversations unless `max` are counted already, in one
     /// atomic step; true if it is counted (now or before).
     fn admit(&self, user: &str, cid: &str, max: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -186,6 +221,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).extend(cid, owner_token, idem_key, ttl_ms)
+    }
+    fn cancel(&self, args: &CancelArgs<'_>) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send {
+        (**self).cancel(args)
     }
     fn admit(&self, user: &str, cid: &str, max: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).admit(user, cid, max)

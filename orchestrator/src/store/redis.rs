@@ -107,6 +107,24 @@ end
 return 0
 "#;
 
+    /// KEYS: state, lock, fence. ARGV: user, the record as last seen ('' asks), the fence then,
+    /// the cancelled record, retention ms. Takes the conversation over if it is as seen: a new
+    /// fence (the holder's commit is refused), the lease and its in-flight marker deleted.
+    pub const CANCEL: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'owner', 'record')
+if st[1] ~= ARGV[1] then return {'notfound'} end
+local f = redis.call('GET', KEYS[3]) or '0'
+if ARGV[2] == '' or st[2] ~= ARGV[2] or f ~= ARGV[3] then return {'changed', st[2], f} end
+local nf = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'record', ARGV[4])
+redis.call('DEL', KEYS[2])
+if ARGV[5] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+return {'cancelled', nf}
+"#;
+
     /// KEYS: active. ARGV: cid, max. Counts the conversation with the server's time, unless
     /// `max` are counted already.
     pub const ADMIT: &str = r#"
@@ -134,6 +152,7 @@ return 1
 }
 
 struct Scripts {
+    cancel: Script,
     admit: Script,
     active: Script,
     begin: Script,
@@ -214,6 +233,7 @@ impl<C: Connector> RedisStore<C> {
             config,
             rng: SeededRng::from_seed(seed),
             scripts: Scripts {
+                cancel: Script::new(scripts::CANCEL),
                 admit: Script::new(scripts::ADMIT),
                 active: Script::new(scripts::ACTIVE),
                 begin: Script::new(scripts::BEGIN),
@@ -420,6 +440,42 @@ impl<C: Connector> Store for RedisStore<C> {
         c.arg(owner_token).arg(ttl_ms);
         let v = self.eval(&self.scripts.extend, &c).await?;
         Ok(as_int(&v).ok_or_else(|| protocol("extend", &v))? == 1)
+    }
+
+    async fn cancel(&self, a: &CancelArgs<'_>) -> Result<CancelOutcome, StoreError> {
+        let script = &self.scripts.cancel;
+        let mut c = evalsha(script, 3);
+        key_arg(&mut c, keys::STATE, a.cid);
+        key_arg(&mut c, keys::LOCK, a.cid);
+        key_arg(&mut c, keys::FENCE, a.cid);
+        c.arg(a.user);
+        match &a.write {
+            None => {
+                c.arg("").arg(0).arg("").arg(0);
+            }
+            Some(w) => {
+                c.arg(w.seen).arg(w.fence);
+                serde_json::to_writer(c.writer_for_next_arg(), w.record).map_err(|e| StoreError::Protocol(e.to_string()))?;
+                c.arg(w.retain_ms);
+            }
+        }
+        let v = self.eval(script, &c).await?;
+        let Value::Array(items) = &v else { return Err(protocol("cancel", &v)) };
+        match items.first().and_then(as_bytes) {
+            Some(b"notfound") => Ok(CancelOutcome::NotFound),
+            Some(b"cancelled") if items.len() == 2 => {
+                Ok(CancelOutcome::Cancelled { fence: as_int(&items[1]).ok_or_else(|| protocol("cancel", &v))? as u64 })
+            }
+            Some(b"changed") if items.len() == 3 => {
+                let seen = as_bytes(&items[1]).and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(|| protocol("cancel", &v))?;
+                Ok(CancelOutcome::Changed {
+                    record: record_of(&items[1])?,
+                    seen: seen.to_string(),
+                    fence: as_int(&items[2]).ok_or_else(|| protocol("cancel", &v))? as u64,
+                })
+            }
+            _ => Err(protocol("cancel", &v)),
+        }
     }
 
     async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {

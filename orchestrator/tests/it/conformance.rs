@@ -2,7 +2,10 @@
 //! against `MemStore` (virtual clock) and `RedisStore` on a real `redis-server` (real time,
 //! short TTLs). A behaviour that differs between the two backends fails here.
 
-use orchestrator::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, RedisConfig, RedisStore};
+use orchestrator::store::{
+    keys, BeginArgs, BeginOutcome, CancelArgs, CancelOutcome, CancelWrite, CommitArgs, CommitOutcome, ConversationRecord, RedisConfig,
+    RedisStore,
+};
 use orchestrator::workflow::{workflow, WorkflowState};
 use orchestrator::{Clock, ManualClock, MemStore, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,6 +310,60 @@ async fn admission_counts_each_users_unfinished_conversations_up_to_the_cap<F: F
     assert_eq!(s.active(&format!("nobody-{}", fresh_cid())).await.unwrap().entries, vec![]);
 }
 
+async fn cancel<F: Fixture>(f: &F, cid: &str, user: &str, write: Option<CancelWrite<'_>>) -> CancelOutcome {
+    f.store().cancel(&CancelArgs { cid, user, write }).await.unwrap()
+}
+
+fn changed(o: CancelOutcome) -> (ConversationRecord, String, u64) {
+    match o {
+        CancelOutcome::Changed { record, seen, fence } => (record, seen, fence),
+        other => panic!("expected Changed, got {other:?}"),
+    }
+}
+
+fn cancelled_from(r: &ConversationRecord, fence: u64) -> ConversationRecord {
+    let mut next = r.clone();
+    next.state.step = orchestrator::workflow::Step::Cancelled;
+    next.state.version += 1;
+    next.writer_fence = fence + 1;
+    next
+}
+
+/// A cancel while a turn holds the lease (its Copilot call still running): one step takes the
+/// conversation over under a new fence; the turn's commit is then refused, and the lease and the
+/// key's in-flight marker are gone (the same key begins afresh, on the cancelled state).
+async fn a_cancel_takes_the_conversation_over_from_a_turn_in_flight<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fence, loaded) = acquired(begin(f, &cid, "alice", "k1", "fp1", "t1").await);
+    assert_eq!(cancel(f, &cid, "bob", None).await, CancelOutcome::NotFound, "only the owner cancels");
+    let (record, seen, at) = changed(cancel(f, &cid, "alice", None).await);
+    assert_eq!((&record, at), (&loaded, fence), "asking shows the conversation and the fence counter");
+    let next = cancelled_from(&record, at);
+    let stale = CancelWrite { seen: &seen, fence: at - 1, record: &next, retain_ms: TTL_MS * 60 };
+    assert_eq!(changed(cancel(f, &cid, "alice", Some(stale)).await).2, at, "an older fence is not written over");
+    let write = CancelWrite { seen: &seen, fence: at, record: &next, retain_ms: TTL_MS * 60 };
+    assert_eq!(cancel(f, &cid, "alice", Some(write)).await, CancelOutcome::Cancelled { fence: at + 1 });
+    assert_eq!(commit(f, &cid, "alice", "k1", "fp1", "t1", fence, &loaded, "email").await, CommitOutcome::Superseded);
+    assert_eq!(f.store().load(&cid).await.unwrap(), Some(next.clone()), "the turn in flight wrote nothing");
+    let (again, rec) = acquired(begin(f, &cid, "alice", "k1", "fp1", "t2").await);
+    assert!(again > at + 1, "a lease after the cancel is newer than it: {again}");
+    assert_eq!(rec, next);
+}
+
+/// A cancel written against a view the store no longer has (a turn committed in between) is
+/// refused and shown the conversation as it is now.
+async fn a_cancel_on_a_stale_view_is_refused<F: Fixture>(f: &F) {
+    let cid = created(f, "alice").await;
+    let (fence, loaded) = acquired(begin(f, &cid, "alice", "k1", "fp1", "t1").await);
+    let (record, seen, at) = changed(cancel(f, &cid, "alice", None).await);
+    assert_eq!(commit(f, &cid, "alice", "k1", "fp1", "t1", fence, &loaded, "email").await, CommitOutcome::Committed);
+    let next = cancelled_from(&record, at);
+    let write = CancelWrite { seen: &seen, fence: at, record: &next, retain_ms: TTL_MS * 60 };
+    let (now, _, now_fence) = changed(cancel(f, &cid, "alice", Some(write)).await);
+    assert_eq!((now.state.version, now_fence), (1, fence), "the committed turn stands: {now:?}");
+    assert!(now.state.collected_data.contains_key("email"));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod mem_store {
@@ -343,4 +400,6 @@ conformance!(
     users_are_scoped,
     a_finished_conversation_is_gone_after_its_retention,
     admission_counts_each_users_unfinished_conversations_up_to_the_cap,
+    a_cancel_takes_the_conversation_over_from_a_turn_in_flight,
+    a_cancel_on_a_stale_view_is_refused,
 );

@@ -208,3 +208,39 @@ async fn redis_killed_mid_run_gives_503_then_the_same_worker_recovers_and_nothin
     assert_eq!(data["company"], "ACME");
     assert_eq!(body["workflowState"]["version"], 3);
 }
+
+/// On a real Redis: with a 3 s Copilot call in flight and the lease held, a cancel takes the
+/// conversation over (one script) and the turn in flight never commits; it answers that the
+/// conversation was cancelled. (How long the cancel took is printed, not asserted: real time.)
+#[tokio::test]
+async fn a_cancel_wins_against_a_slow_copilot_on_redis() {
+    let Some(server) = TestRedis::get() else { return };
+    let events = Arc::new(Events::default());
+    let store = RedisStore::open(&server.url(), RedisConfig::default(), 9).unwrap();
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let o = Arc::new(
+        Orchestrator::new(store, copilot.clone(), RecordingEffects::new(), SeededRng::from_seed(9), TurnConfig::default())
+            .with_observer(events.clone()),
+    );
+    let cid = o.create("alice", "lead").await.unwrap();
+    copilot.set_delay_ms(3_000);
+    let slow = tokio::spawn({
+        let (o, cid) = (o.clone(), cid.clone());
+        async move {
+            let r =
+                TurnRequest { conversation_id: cid, user: "alice".into(), idempotency_key: "k1".into(), query: "email is a@x.io".into() };
+            o.turn(&r).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    let c = o.cancel("alice", &cid).await.unwrap();
+    eprintln!("cancel on Redis with a turn in flight answered in {:?}", t.elapsed());
+    assert_eq!((c.result, c.workflow_state.step), (CancelResult::Cancelled, workflow::Step::Cancelled));
+    match slow.await.unwrap() {
+        Err(TurnError::Cancelled { .. }) => {}
+        other => panic!("the turn in flight should learn of the cancel: {other:?}"),
+    }
+    assert_eq!(events.commits_of(&cid), 0, "the turn in flight committed");
+    assert_eq!(o.get("alice", &cid).await.unwrap(), c.workflow_state);
+}

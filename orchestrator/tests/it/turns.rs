@@ -278,6 +278,9 @@ impl Store for DownStore {
     async fn dismiss(&self, _: &str, _: &str) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("connection refused".into()))
     }
+    async fn cancel(&self, _: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
 }
 
 /// A `MemStore` whose commits misbehave: `apply` says whether a commit reaches the store at
@@ -318,6 +321,9 @@ impl<F: Fn(&CommitArgs<'_>) -> bool + Send + Sync + 'static> Store for FlakyComm
     }
     async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
         self.inner.dismiss(user, cid).await
+    }
+    async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
+        self.inner.cancel(a).await
     }
 }
 
@@ -566,4 +572,66 @@ async fn a_user_past_the_cap_on_unfinished_conversations_is_refused_until_one_fi
     assert!(matches!(o.create("alice", "lead").await, Err(TurnError::TooManyConversations { .. })));
     tokio::time::advance(Duration::from_millis(orchestrator::turn::ADMIT_GRACE_MS)).await;
     o.create("alice", "lead").await.expect("the stale count was reconciled away");
+}
+
+/// Cancel against a slow Copilot: with a 3 s Copilot call in flight and the lease held, a cancel
+/// answers within 100 ms of (virtual) time, the turn in flight never commits and answers that
+/// the conversation was cancelled; a second cancel changes nothing; the user's retry of the
+/// turn's key finds the conversation cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_wins_against_a_turn_waiting_on_a_slow_copilot() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock));
+    let copilot = Arc::new(ScriptedCopilot::new());
+    let events = Arc::new(Events::default());
+    let o = Arc::new(orch(store.clone(), copilot.clone(), 3, TurnConfig::default()).with_observer(events.clone()));
+    let cid = o.create("alice", "lead").await.unwrap();
+    o.turn(&req(&cid, "alice", "k0", "email is a@x.io")).await.unwrap();
+    copilot.set_delay_ms(3_000);
+    let slow = tokio::spawn({
+        let (o, cid) = (o.clone(), cid.clone());
+        async move { o.turn(&req(&cid, "alice", "k1", "phone is 555 0100")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(o.cancel("bob", &cid).await.unwrap_err(), TurnError::NotFound, "only the owner cancels");
+    let t = tokio::time::Instant::now();
+    let c = o.cancel("alice", &cid).await.unwrap();
+    let took = t.elapsed();
+    assert!(took <= Duration::from_millis(100), "the cancel waited {took:?}");
+    assert_eq!((c.result, c.workflow_state.step, c.workflow_state.version), (CancelResult::Cancelled, Step::Cancelled, 2));
+    assert_eq!(c.workflow_state.collected_data.get("email").map(String::as_str), Some("a@x.io"), "a cancel keeps what was said");
+    match slow.await.unwrap() {
+        Err(TurnError::Cancelled { state }) => assert_eq!(state.step, Step::Cancelled),
+        other => panic!("the turn in flight should learn of the cancel: {other:?}"),
+    }
+    assert_eq!(events.commits_of(&cid), 1, "the turn in flight committed");
+    let final_state = o.get("alice", &cid).await.unwrap();
+    assert_eq!((final_state.step, final_state.version, final_state.collected_data.get("phone")), (Step::Cancelled, 2, None));
+    let again = o.cancel("alice", &cid).await.unwrap();
+    assert_eq!((again.result, again.workflow_state.version), (CancelResult::AlreadyFinished, 2));
+    copilot.set_delay_ms(0);
+    let retry = o.turn(&req(&cid, "alice", "k1", "phone is 555 0100")).await.unwrap();
+    assert_eq!((retry.workflow_state.step, retry.workflow_state.collected_data.get("phone")), (Step::Cancelled, None));
+}
+
+/// A cancel of a conversation that already succeeded changes nothing, and its submission stands.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_after_success_changes_nothing() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let effects = Arc::new(RecordingEffects::new());
+    let o = Orchestrator::new(
+        Arc::new(MemStore::new(clock)),
+        Arc::new(ScriptedCopilot::new()),
+        effects.clone(),
+        SeededRng::from_seed(4),
+        TurnConfig::default(),
+    );
+    let cid = o.create("alice", "lead").await.unwrap();
+    for (i, q) in ["email is a@x.io", "phone is 555", "company is ACME", "yes"].iter().enumerate() {
+        o.turn(&req(&cid, "alice", &format!("k{i}"), q)).await.unwrap();
+    }
+    let c = o.cancel("alice", &cid).await.unwrap();
+    assert_eq!((c.result, c.workflow_state.step), (CancelResult::AlreadyFinished, Step::Succeeded));
+    assert_eq!(o.get("alice", &cid).await.unwrap(), c.workflow_state);
+    assert_eq!(effects.accepted().len(), 1);
 }

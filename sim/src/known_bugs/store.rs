@@ -296,4 +296,7 @@ impl<S: Store> Store for BuggyStore<S> {
     async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
         self.inner.dismiss(user, cid).await
     }
+    async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
+        self.inner.cancel(a).await
+    }
 }
