@@ -4,8 +4,8 @@
 
 use scenarios::find;
 use sim::checkers::{
-    CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP, SPEC_ORACLE,
-    VALID_TRANSITIONS,
+    CANCEL_CLEAN, CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP,
+    SPEC_ORACLE, VALID_TRANSITIONS,
 };
 use sim::KnownBug;
 
@@ -34,6 +34,8 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
         KnownBug::NoLock => ("calm", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
         // Needs a lease held past the acquire deadline: slow Copilot calls.
         KnownBug::ProceedWhenLockFails => ("latency", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
+        // Needs a cancel pressed while a turn holds the lease (users do, at a seeded rate).
+        KnownBug::CancelWaitsForTheLease => ("swarm", &[CANCEL_CLEAN, LOST_DATA, FENCED_WRITER, SPEC_ORACLE]),
     }
 }
 
@@ -120,6 +122,11 @@ fn effects_without_deduplication_are_caught_as_a_second_submission() {
 fn the_spec_oracle_alone_catches_states_the_rules_do_not_give() {
     caught_as(KnownBug::UnknownSignalIgnored, "swarm", &[SPEC_ORACLE]);
     caught_as(KnownBug::ContextNotLoadedFromStore, "swarm", &[SPEC_ORACLE]);
+}
+
+#[test]
+fn a_cancel_that_waits_for_the_lease_is_caught_by_the_cancel_invariant_alone() {
+    caught_as(KnownBug::CancelWaitsForTheLease, "swarm", &[CANCEL_CLEAN]);
 }
 
 #[test]

@@ -252,6 +252,7 @@ impl Scenario {
         o.hangup_pct = p.random_range(0..=6);
         o.slow_pct = p.random_range(0..=6);
         o.chatty_pct = if p.random_bool(0.3) { p.random_range(5..=15) } else { 0 };
+        o.cancel_pct = p.random_range(3..=15);
         o
     }
 

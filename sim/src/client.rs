@@ -138,6 +138,26 @@ impl<'a> Req<'a> {
         }
     }
 
+    /// The user presses cancel (no body, no key: a cancel is idempotent).
+    fn cancel(worker: usize, user: &'a str, cid: &'a str) -> Self {
+        Req {
+            worker,
+            user,
+            op: "cancel",
+            method: "POST",
+            path: format!("/v1/conversations/{cid}/cancel"),
+            cid: Some(cid),
+            key: None,
+            body: Vec::new(),
+            query: None,
+            meant: Some(Meant::Decline),
+            duplicate: false,
+            auth: Auth::Own,
+            expect: None,
+            manner: None,
+        }
+    }
+
     fn hostile(mut self, auth: Auth, expect: Vec<u16>) -> Self {
         self.auth = auth;
         self.expect = Some(expect);
@@ -149,9 +169,15 @@ struct Client {
     name: String,
     shared: Arc<Shared>,
     rng: Mutex<ChaCha8Rng>,
+    /// When people press cancel: a stream of its own, so that adding cancels changed no other
+    /// choice of any seed.
+    cancels: Mutex<ChaCha8Rng>,
     /// Late duplicates still on their way; the client waits for them before it finishes.
     late: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// A user who cancels presses the button up to this long after sending a turn.
+pub const CANCEL_AFTER_MS_MAX: u64 = 300;
 
 /// A slow client takes up to this long to send one request.
 pub const SLOW_SEND_MS_MAX: u64 = 1_000;
@@ -396,7 +422,22 @@ impl Client {
                     }
                     return Some(a.body);
                 }
+                // The conversation was cancelled under this turn: nothing to retry.
+                Some(a) if a.status == 409 && a.body["error"] == "cancelled" => return None,
                 Some(a) if matches!(a.status, 503 | 409) => self.backoff(attempt).await,
+                Some(_) => return None,
+                None => self.backoff(attempt).await,
+            }
+        }
+        None
+    }
+
+    /// Presses cancel until it is answered; the answer's body (its `workflowState`), if any.
+    async fn cancel(&self, user: &str, cid: &str) -> Option<Value> {
+        for attempt in 0..TURN_ATTEMPTS_MAX {
+            match self.request(Req::cancel(self.worker(None), user, cid)).await {
+                Some(a) if a.status == 200 => return Some(a.body),
+                Some(a) if a.status == 503 => self.backoff(attempt).await,
                 Some(_) => return None,
                 None => self.backoff(attempt).await,
             }
@@ -490,6 +531,13 @@ impl Client {
             }));
         }
 
+        // Some people give up part way and press cancel, mostly while a turn is on its way.
+        let (cancel_at, press_after) = {
+            let mut r = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+            let at = (r.random_range(0..100) < self.shared.opts.cancel_pct).then(|| r.random_range(0..script.len().max(1)));
+            (at, r.random_range(0..=CANCEL_AFTER_MS_MAX))
+        };
+
         let mut last: Option<Value> = None;
         // Whether the newest turn was answered: only then does the user know what is asked.
         let mut answered = true;
@@ -515,6 +563,17 @@ impl Client {
                 answered = a.is_some() && b.is_some();
                 last = newest(newest(last, a), b);
                 i += 2;
+            } else if cancel_at == Some(i) {
+                // The turn goes out, and a moment later (often before its answer) the cancel.
+                let q = self.say(&script[i], &user, conv, None);
+                let cancel = async {
+                    tokio::time::sleep(Duration::from_millis(press_after)).await;
+                    self.cancel(&user, &cid).await
+                };
+                let key = format!("{kp}-{i}");
+                let (r, c) = tokio::join!(self.turn(&user, &cid, &key, &q), cancel);
+                // The cancel's answer is the newest word on the conversation.
+                return newest(newest(last, r), c);
             } else {
                 let asked = if answered { asked_field(&last, fields) } else { None };
                 let q = self.say(&script[i], &user, conv, asked);
@@ -760,6 +819,7 @@ pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
         name: format!("client-{idx}"),
         shared: shared.clone(),
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        cancels: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0xCA9C_E100_0000)),
         late: Mutex::new(Vec::new()),
     });
     let mut tasks = Vec::new();

@@ -45,7 +45,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 28] = [
+pub const COUNTERS: [&str; 30] = [
     "requests",
     "hostile requests",
     "clients hung up mid-turn",
@@ -57,6 +57,8 @@ pub const COUNTERS: [&str; 28] = [
     "commits",
     "commits rejected by fence",
     "lease lost while working",
+    "cancels",
+    "turns overtaken by a cancel",
     "copilot calls in a latency spike",
     "copilot replies off the contract",
     "copilot calls failed or timed out",
@@ -78,6 +80,16 @@ pub const COUNTERS: [&str; 28] = [
 
 fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
     let mut c: BTreeMap<&'static str, u64> = COUNTERS.iter().map(|k| (*k, 0)).collect();
+    // Applied cancels (the commits with no idempotency key), by the fence each took: a turn
+    // under the fence just below lost its lease to that cancel, not to a fault.
+    let cancels: std::collections::BTreeSet<(&str, u64)> = h
+        .iter()
+        .filter_map(|e| match &e.ev {
+            Ev::ModelCommit { cid, fence, idem_key, .. } if idem_key.is_empty() => Some((cid.as_str(), *fence)),
+            _ => None,
+        })
+        .collect();
+    let overtaken = |cid: &str, fence: u64| cancels.contains(&(cid, fence + 1));
     // Per conversation, the data of its last applied commit: a commit that changes a field
     // already there is a correction.
     let mut data: BTreeMap<&str, &serde_json::Value> = BTreeMap::new();
@@ -109,12 +121,21 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::Invoke { duplicate: true, .. } => add("duplicate deliveries sent", 1),
             Ev::Invoke { expect: Some(_), .. } => add("hostile requests", 1),
             Ev::Invoke { .. } => add("requests", 1),
+            Ev::Response { status: 409, body, .. } if body["error"] == "cancelled" => {}
             Ev::Response { status: 409, .. } => add("409 in flight", 1),
             Ev::Response { status: 503, .. } => add("503 retry later", 1),
             Ev::Replayed { .. } => add("replays served", 1),
+            Ev::LeaseLost { cid, fence, .. } | Ev::CommitRejected { cid, fence, .. } if overtaken(cid, *fence) => {
+                add("turns overtaken by a cancel", 1)
+            }
             Ev::LeaseLost { .. } => add("lease lost while working", 1),
             Ev::CommitRejected { .. } => add("commits rejected by fence", 1),
-            Ev::ModelCommit { .. } => add("commits", 1),
+            Ev::ModelCommit { idem_key, .. } => {
+                add("commits", 1);
+                if idem_key.is_empty() {
+                    add("cancels", 1);
+                }
+            }
             Ev::CopilotReply { spike, misbehaviour, .. } if *spike || misbehaviour.is_some() => {
                 if *spike {
                     add("copilot calls in a latency spike", 1);

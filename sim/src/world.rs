@@ -70,6 +70,9 @@ pub struct Options {
     /// Conversations whose user keeps talking until the turn limit hands them to a human.
     #[serde(default)]
     pub chatty_pct: u32,
+    /// Conversations whose user presses cancel part way, mostly while a turn is in flight.
+    #[serde(default)]
+    pub cancel_pct: u32,
     /// A pitfall re-created in the workers by decorating their seams (see [`crate::known_bugs`]).
     pub known_bug: Option<crate::known_bugs::KnownBug>,
     /// What a Redis crash loses.
@@ -118,6 +121,7 @@ impl Options {
             hangup_pct: 0,
             slow_pct: 0,
             chatty_pct: 0,
+            cancel_pct: 0,
             known_bug: None,
             redis_durability: Durability::FsyncAlways,
             store: StoreKind::Redis,

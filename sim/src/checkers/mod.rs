@@ -3,6 +3,7 @@
 //! Every checker has a test below that feeds it a doctored history and watches it fire.
 
 mod bounds;
+mod cancel;
 mod contract;
 mod progress;
 mod spec_oracle;
@@ -10,6 +11,7 @@ mod turns_end;
 mod user_said;
 
 pub use bounds::answer_bounds;
+pub use cancel::{cancel_clean, CANCEL_CLEAN};
 pub use contract::{contract_statuses, CONTRACT_STATUS};
 pub use progress::{progress, PROGRESS, TERMINAL_AFTER_HEAL_MS_MAX};
 pub use spec_oracle::{spec_oracle, SPEC_ORACLE};
@@ -386,7 +388,8 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
                     found.push(v(EXACTLY_ONCE, e.t_ms, format!("conversation {cid} was submitted {n} times (key {key})")));
                 }
             }
-            Ev::ModelCommit { cid, fence, idem_key, .. } => {
+            // A cancel's commit has no key.
+            Ev::ModelCommit { cid, fence, idem_key, .. } if !idem_key.is_empty() => {
                 let n = per_key.entry(idem_key).or_default();
                 *n += 1;
                 if *n > 1 {
@@ -540,6 +543,7 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
     all.extend(contract_statuses(out));
     all.extend(turns_end(out));
     all.extend(user_said(out));
+    all.extend(cancel_clean(out));
     all
 }
 
@@ -924,6 +928,95 @@ mod tests {
             record["state"]["step"] = json!("succeeded");
         }
         assert!(user_said(&out).iter().any(|x| x.evidence.contains("gathering -> succeeded")), "{:?}", user_said(&out));
+    }
+
+    /// `clean()`, then alice presses cancel (#1, at 15 ms): the cancel's own commit (no key,
+    /// fence 2, version 2) at 20 ms, its answer at 25 ms.
+    fn cancelled() -> RunOutput {
+        let mut out = clean();
+        let Ev::ModelCommit { record, .. } = &out.history[2].ev else { unreachable!() };
+        let mut record = record.clone();
+        record["state"]["step"] = json!("cancelled");
+        record["state"]["version"] = json!(2);
+        record["writerFence"] = json!(2);
+        let body = json!({"result": "cancelled", "workflowState": record["state"].clone()});
+        out.history.push(Entry {
+            t_ms: 15,
+            ev: Ev::Invoke {
+                req: 1,
+                client: "client-0".into(),
+                user: "alice".into(),
+                worker: "worker-1".into(),
+                op: "cancel".into(),
+                cid: Some("c1".into()),
+                key: None,
+                query: None,
+                duplicate: false,
+                expect: None,
+                manner: None,
+                meant: Some(Meant::Decline),
+            },
+        });
+        out.history
+            .push(Entry { t_ms: 20, ev: Ev::ModelCommit { cid: "c1".into(), fence: 2, version: 2, idem_key: String::new(), record } });
+        out.history.push(Entry { t_ms: 25, ev: Ev::Response { req: 1, status: 200, retry_after: false, body } });
+        out.history.sort_by_key(|e| e.t_ms);
+        out
+    }
+
+    fn cancel_commit(out: &mut RunOutput) -> &mut Entry {
+        out.history.iter_mut().find(|e| matches!(&e.ev, Ev::ModelCommit { idem_key, .. } if idem_key.is_empty())).unwrap()
+    }
+
+    #[test]
+    fn cancel_clean_fires_when_a_cancel_is_acknowledged_but_does_not_hold() {
+        assert_eq!(check(&cancelled()), vec![], "a clean cancel");
+        // Acknowledged before the store applied it (the write came after the answer).
+        let mut out = cancelled();
+        cancel_commit(&mut out).t_ms = 30;
+        out.history.sort_by_key(|e| e.t_ms);
+        fires(&out, CANCEL_CLEAN);
+        // The answer says cancelled, but shows another step.
+        let mut out = cancelled();
+        response_body(&mut out)["result"] = json!("cancelled");
+        if let Some(Ev::Response { body, .. }) =
+            out.history.iter_mut().map(|e| &mut e.ev).find(|e| matches!(e, Ev::Response { req: 1, .. }))
+        {
+            body["workflowState"]["step"] = json!("gathering");
+        }
+        assert!(cancel_clean(&out).iter().any(|x| x.evidence.contains("does not say what happened")), "{:?}", cancel_clean(&out));
+        // After the answer, a turn still in flight commits a field: a state mixing both.
+        let mut out = cancelled();
+        let Ev::ModelCommit { record, .. } = &cancel_commit(&mut out).ev else { unreachable!() };
+        let mut later = record.clone();
+        later["state"]["collectedData"]["phone"] = json!("alice.c0.phone");
+        later["state"]["version"] = json!(3);
+        later["writerFence"] = json!(3);
+        out.history.push(Entry {
+            t_ms: 40,
+            ev: Ev::ModelCommit { cid: "c1".into(), fence: 3, version: 3, idem_key: "idem:{c:c1}:alice:1:k2".into(), record: later },
+        });
+        assert!(
+            cancel_clean(&out).iter().any(|x| x.evidence.contains("afterwards the store applied version 3")),
+            "{:?}",
+            cancel_clean(&out)
+        );
+        // It ended the run in another step than the answer showed.
+        let mut out = cancelled();
+        if let Some(Some(r)) = out.finals.get_mut("c1") {
+            r.state.step = Step::NeedsHuman;
+        }
+        fires(&out, CANCEL_CLEAN);
+        // A cancel written over a success (`succeeded`, then `cancelled`).
+        let mut out = cancelled();
+        for e in &mut out.history {
+            if let Ev::ModelCommit { record, idem_key, .. } = &mut e.ev {
+                if !idem_key.is_empty() {
+                    record["state"]["step"] = json!("succeeded");
+                }
+            }
+        }
+        assert!(cancel_clean(&out).iter().any(|x| x.evidence.contains("had already succeeded")), "{:?}", cancel_clean(&out));
     }
 
     #[test]

@@ -99,6 +99,12 @@ impl Spec {
         }
     }
 
+    /// A cancel: only a conversation not yet finished can be cancelled (`None` otherwise), and
+    /// it changes its step and nothing else.
+    pub fn cancelled(&self) -> Option<Self> {
+        (!self.finished()).then(|| Self { step: "cancelled".into(), ..self.clone() })
+    }
+
     /// One turn: it counts, its events apply in order (none at all is one no-signal), and the
     /// turn limit ends an unfinished conversation.
     pub fn turn(&self, required: &[&str], events: &[Extracted]) -> Self {
@@ -132,7 +138,7 @@ pub fn spec_oracle(out: &RunOutput) -> Vec<Violation> {
     }
     let mut committed: BTreeMap<&str, Spec> = BTreeMap::new();
     for e in &out.history {
-        let Ev::ModelCommit { cid, fence, record, .. } = &e.ev else { continue };
+        let Ev::ModelCommit { cid, fence, idem_key, record, .. } = &e.ev else { continue };
         let state = &record["state"];
         let Some(got) = Spec::of(state) else {
             found.push(v(SPEC_ORACLE, e.t_ms, format!("conversation {cid}: committed a state the oracle cannot read: {state}")));
@@ -143,6 +149,22 @@ pub fn spec_oracle(out: &RunOutput) -> Vec<Violation> {
             continue;
         };
         let before = committed.get(cid.as_str()).cloned().unwrap_or_else(Spec::start);
+        if idem_key.is_empty() {
+            // A commit no turn made is a cancel: a conversation not yet finished becomes
+            // `cancelled`, and nothing else about it changes.
+            let want = before.cancelled();
+            if want.as_ref() != Some(&got) {
+                found.push(v(
+                    SPEC_ORACLE,
+                    e.t_ms,
+                    format!(
+                        "conversation {cid} (fence {fence}): a cancel from {before:?} must give {want:?}, but the store committed {got:?}"
+                    ),
+                ));
+            }
+            committed.insert(cid, got);
+            continue;
+        }
         let events = turns.get(&(cid.as_str(), *fence)).and_then(|ts| ts.iter().rev().find(|(t, _)| *t <= e.t_ms)).map(|(_, evs)| *evs);
         match events {
             None => found.push(v(SPEC_ORACLE, e.t_ms, format!("conversation {cid}: a commit under fence {fence} that no turn computed"))),

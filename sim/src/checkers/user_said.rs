@@ -28,6 +28,15 @@ pub fn user_said(out: &RunOutput) -> Vec<Violation> {
             }
         }
     }
+    // Conversation → when its owner first pressed cancel on it.
+    let mut cancel_pressed: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::Invoke { user, op, cid: Some(cid), .. } = &e.ev {
+            if op == "cancel" && out.owners.get(cid) == Some(user) {
+                cancel_pressed.entry(cid).or_insert(e.t_ms);
+            }
+        }
+    }
     let empty = Value::Object(Default::default());
     let mut before: BTreeMap<&str, (&Value, &str)> = BTreeMap::new();
     for e in &out.history {
@@ -36,7 +45,13 @@ pub fn user_said(out: &RunOutput) -> Vec<Violation> {
         let (was, was_step) = before.get(cid.as_str()).copied().unwrap_or((&empty, "gathering"));
         before.insert(cid, (data, step));
         let key = idem_key.rsplit(':').next().unwrap_or(idem_key);
-        let said = meant.get(&(cid.as_str(), key)).map(Vec::as_slice).unwrap_or_default();
+        // A commit with no key is a cancel: its owner must have pressed cancel before it.
+        let pressed = [&Meant::Decline];
+        let said = match idem_key.is_empty() {
+            true if cancel_pressed.get(cid.as_str()).is_some_and(|t| *t <= e.t_ms) => &pressed[..],
+            true => &[],
+            false => meant.get(&(cid.as_str(), key)).map(Vec::as_slice).unwrap_or_default(),
+        };
         let mut wrong: Vec<String> = Vec::new();
         for (field, value) in data.as_object().into_iter().flatten() {
             if was.get(field) == Some(value) {
@@ -59,7 +74,9 @@ pub fn user_said(out: &RunOutput) -> Vec<Violation> {
             }
         }
         if !wrong.is_empty() {
-            let who = if said.is_empty() {
+            let who = if said.is_empty() && idem_key.is_empty() {
+                format!("it is a cancel and its owner {} had not pressed cancel", out.owners.get(cid).map(String::as_str).unwrap_or("?"))
+            } else if said.is_empty() {
                 format!("no request of its owner {} carries key {key:?}", out.owners.get(cid).map(String::as_str).unwrap_or("?"))
             } else {
                 format!("the user meant {said:?}")

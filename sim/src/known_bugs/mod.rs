@@ -54,10 +54,14 @@ pub enum KnownBug {
     NoLock,
     /// At the acquire deadline, instead of a 503, the turn proceeds as `NoLock` does.
     ProceedWhenLockFails,
+    /// A cancel queues for the lease like a turn: it prepares the cancelled state from what it
+    /// loaded, waits until the turn in flight lets go of the lease, then writes what it
+    /// prepared (over whatever that turn committed meanwhile).
+    CancelWaitsForTheLease,
 }
 
 impl KnownBug {
-    pub const ALL: [KnownBug; 12] = [
+    pub const ALL: [KnownBug; 13] = [
         KnownBug::StaleReplay,
         KnownBug::ConfidenceIgnored,
         KnownBug::UnknownSignalIgnored,
@@ -70,6 +74,7 @@ impl KnownBug {
         KnownBug::TrustLocalClock,
         KnownBug::NoLock,
         KnownBug::ProceedWhenLockFails,
+        KnownBug::CancelWaitsForTheLease,
     ];
 
     /// The name the CLI and run files use (`stale_replay`, ...).

@@ -5,7 +5,9 @@
 use super::KnownBug;
 use crate::net::TurmoilConnector;
 use orchestrator::net::Connector;
-use orchestrator::store::{keys, BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, Store, StoreError};
+use orchestrator::store::{
+    keys, BeginArgs, BeginOutcome, CancelArgs, CancelOutcome, CancelWrite, CommitArgs, CommitOutcome, ConversationRecord, Store, StoreError,
+};
 use orchestrator::Clock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -148,6 +150,36 @@ impl<S: Store> BuggyStore<S> {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(unavailable("unfenced commit timed out".into())),
         }
+    }
+
+    /// `CancelWaitsForTheLease`: takes the lease as a turn would (waiting while it is busy),
+    /// then writes the cancelled record prepared before the wait.
+    async fn cancel_after_the_lease(&self, a: &CancelArgs<'_>, w: &CancelWrite<'_>) -> Result<CancelOutcome, StoreError> {
+        const ATTEMPTS_MAX: u32 = 200;
+        let token = format!("cancel-{}-{}", a.cid, w.fence);
+        let idem = keys::idem(a.cid, a.user, &token);
+        let args = BeginArgs {
+            cid: a.cid,
+            user: a.user,
+            idem_key: &idem,
+            fingerprint: "cancel",
+            owner_token: &token,
+            lease_ttl_ms: self.settings.lease_ttl_ms,
+        };
+        for _ in 0..ATTEMPTS_MAX {
+            match self.inner.begin(&args).await? {
+                BeginOutcome::Busy { retry_in_ms } => tokio::time::sleep(Duration::from_millis(retry_in_ms.clamp(1, 50))).await,
+                BeginOutcome::NotFound => return Ok(CancelOutcome::NotFound),
+                _ => break,
+            }
+        }
+        let CancelOutcome::Changed { seen, fence, .. } = self.inner.cancel(&CancelArgs { write: None, ..a.clone() }).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let mut prepared = w.record.clone();
+        prepared.writer_fence = fence + 1;
+        let write = CancelWrite { seen: &seen, fence, record: &prepared, retain_ms: w.retain_ms };
+        self.inner.cancel(&CancelArgs { write: Some(write), ..a.clone() }).await
     }
 
     /// Takes the lease again and writes the stale record under the new fence.
@@ -296,7 +328,10 @@ impl<S: Store> Store for BuggyStore<S> {
     async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
         self.inner.dismiss(user, cid).await
     }
-    async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
-        self.inner.cancel(a).await
+    async fn cancel(&self, a: &CancelArgs<'_>) -> Result<CancelOutcome, StoreError> {
+        match &a.write {
+            Some(w) if self.is(KnownBug::CancelWaitsForTheLease) => self.cancel_after_the_lease(a, w).await,
+            _ => self.inner.cancel(a).await,
+        }
     }
 }
