@@ -472,8 +472,17 @@ fn bench_redis(c: &mut Criterion) {
 
 /// This process's resident set, from `/proc/self/status`, in KiB.
 fn rss_kib() -> Option<u64> {
+    proc_status_kib("VmRSS:")
+}
+
+/// The process's peak RSS so far (it never goes down, so it shows growth a purge hides).
+fn peak_rss_kib() -> Option<u64> {
+    proc_status_kib("VmHWM:")
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Memory by policy, not by luck: 1,000,000 turns on the embedded store, 100 conversations at a
@@ -530,17 +539,18 @@ fn bench_soak(_c: &mut Criterion) {
         done += CONVERSATIONS * TURNS.len();
         round += 1;
         if at_tenth.is_none() && done >= total / 10 {
-            at_tenth = Some((done, rss_kib().unwrap_or(0), store.conversations(), store.idem_entries()));
+            at_tenth = Some((done, rss_kib().unwrap_or(0), peak_rss_kib().unwrap_or(0), store.conversations(), store.idem_entries()));
         }
     }
-    let (tenth_turns, tenth_rss, tenth_convs, tenth_idem) = at_tenth.unwrap_or_default();
-    let end_rss = rss_kib().unwrap_or(0);
+    let (tenth_turns, tenth_rss, tenth_peak, tenth_convs, tenth_idem) = at_tenth.unwrap_or_default();
+    let (end_rss, end_peak) = (rss_kib().unwrap_or(0), peak_rss_kib().unwrap_or(0));
     println!(
-        "soak: {done} turns in {round} rounds, {:.1} s; RSS after {tenth_turns} turns {tenth_rss} KiB ({tenth_convs} conversations, {tenth_idem} answers held), after {done} turns {end_rss} KiB ({} conversations, {} answers held): ratio {:.3}",
+        "soak: {done} turns in {round} rounds, {:.1} s; RSS after {tenth_turns} turns {tenth_rss} KiB ({tenth_convs} conversations, {tenth_idem} answers held), after {done} turns {end_rss} KiB ({} conversations, {} answers held): ratio {:.3}; peak RSS {tenth_peak} KiB then {end_peak} KiB: ratio {:.3}",
         started.elapsed().as_secs_f64(),
         store.conversations(),
         store.idem_entries(),
-        end_rss as f64 / tenth_rss.max(1) as f64
+        end_rss as f64 / tenth_rss.max(1) as f64,
+        end_peak as f64 / tenth_peak.max(1) as f64
     );
 }
 
