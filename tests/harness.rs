@@ -256,10 +256,13 @@ fn regression_calm_seed_109_a_turn_whose_client_hangs_up_still_ends() {
 /// Found by the same users: a request whose client half-closed its connection after sending
 /// it (`nc -N`, HTTP/1.0 clients) got no answer at all — hyper took the end of the request
 /// stream for a hang-up (invariant 8). Half-closed requests are now answered.
+/// (Found at calm seed 11; when the outbox relay moved the schedules, that seed stopped
+/// half-closing, and seed 10 took its place. Checked: with `half_close(false)` seed 10 fails on
+/// invariant 8.)
 #[test]
-fn regression_calm_seed_11_a_half_closed_request_is_answered() {
+fn regression_calm_seed_10_a_half_closed_request_is_answered() {
     use sim::history::{Ev, Manner};
-    let v = find("calm").unwrap().run(11);
+    let v = find("calm").unwrap().run(10);
     let half_closed: Vec<u64> = v
         .history
         .iter()
@@ -268,7 +271,7 @@ fn regression_calm_seed_11_a_half_closed_request_is_answered() {
             _ => None,
         })
         .collect();
-    assert!(!half_closed.is_empty(), "seed 11 no longer half-closes a request: the regression test lost its teeth");
+    assert!(!half_closed.is_empty(), "seed 10 no longer half-closes a request: the regression test lost its teeth");
     let answered = v.history.iter().filter(|e| matches!(&e.ev, Ev::Response { req, .. } if half_closed.contains(req))).count();
     assert_eq!(answered, half_closed.len(), "{:?}", v.violations);
     assert!(v.passed(), "{:?}", v.violations);

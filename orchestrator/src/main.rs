@@ -97,6 +97,9 @@ async fn run<S: Store, C: Copilot>(args: &ServeArgs, store: S, copilot: C, confi
         bail!("--connections-max must be at least 1");
     }
     let limits = Limits { connections_max: args.connections_max, per_peer_max: args.connections_per_peer_max, ..Limits::default() };
+    // The outbox relay: delivers submissions whose first attempt failed, or whose worker died.
+    let relay = api.clone();
+    tokio::spawn(async move { relay.orchestrator.run_relay().await });
     serve_with(listener, router(api), limits).await;
     Ok(())
 }

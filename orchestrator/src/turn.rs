@@ -27,6 +27,23 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 /// Longest conversation id accepted, in bytes.
 pub const CONVERSATION_ID_BYTES_MAX: usize = 64;
 
+/// Outbox entries one relay pass claims at most.
+pub const RELAY_BATCH_MAX: usize = 16;
+/// How old an outbox entry with no pending submission must be before a relay clears it:
+/// longer than a commit can take after its intent was recorded.
+pub const OUTBOX_GRACE_MS: u64 = 60_000;
+
+/// The submission of a succeeded conversation.
+pub fn submission_of(cid: &str, record: &ConversationRecord) -> Submission {
+    Submission {
+        idempotency_key: submission_key(cid),
+        conversation_id: cid.into(),
+        user: record.owner.clone(),
+        workflow: record.state.workflow.clone(),
+        data: record.state.collected_data.clone(),
+    }
+}
+
 /// How old a counted conversation that does not exist must be before the cap's reconciliation
 /// drops it: longer than any create takes (one store step after the count).
 pub const ADMIT_GRACE_MS: u64 = 60_000;
@@ -52,6 +69,11 @@ pub struct TurnConfig {
     /// Conversations one user may have that have not reached a terminal step; creating one
     /// more is a 429 until one finishes. 0: no cap.
     pub active_conversations_per_user_max: u64,
+    /// How often each worker's outbox relay looks for submissions to deliver (jittered).
+    pub relay_every_ms: u64,
+    /// How long a relay holds the entries it claimed before another relay may take them (so a
+    /// relay that died lets go): longer than a delivery attempt.
+    pub relay_claim_ms: u64,
     /// What a 503 tells clients to wait.
     pub retry_after_s: u64,
 }
@@ -68,6 +90,8 @@ impl Default for TurnConfig {
             idempotency_ttl_ms: 3600 * 1000,
             terminal_retention_ms: 24 * 3600 * 1000,
             active_conversations_per_user_max: 100,
+            relay_every_ms: 1_000,
+            relay_claim_ms: 15_000,
             retry_after_s: 1,
         }
     }
@@ -266,10 +290,12 @@ pub enum ServerEvent {
         fence: u64,
         version: u64,
     },
+    /// A submission was acknowledged by the sink (`relayed`: delivered by an outbox relay).
     Submitted {
         cid: String,
         key: String,
         duplicate: bool,
+        relayed: bool,
     },
 }
 
@@ -498,8 +524,9 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
                         // The turn that made `succeeded` durable may have lost its answer, and
                         // with it the submission, to a fault after the commit applied (its
                         // client retries, and lands here). Sinks de-duplicate by key, so
-                        // submitting again is safe: at-least-once plus de-duplication.
-                        self.submit(cid, &record).await;
+                        // submitting again is safe: at-least-once plus de-duplication (and the
+                        // outbox's relay delivers it anyway).
+                        self.deliver(&submission_of(cid, &record), false).await;
                     }
                     return self.replay(req, &idem_key, &response, record);
                 }
@@ -592,7 +619,17 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         let stored = StoredAnswer { turn: response.turn, reply: response.reply.clone(), extracted: response.extracted.clone() };
         let body = serde_json::to_string(&stored).map_err(|e| TurnError::BadRequest(e.to_string()))?;
 
-        // 5. Commit under our fence.
+        // 5. Commit under our fence; one that makes the conversation succeed also records its
+        // submission as pending (the outbox), having first put it in the relays' index.
+        let submission = submit.then(|| submission_of(cid, &next));
+        let pending = submission.as_ref().map(|s| serde_json::to_string(s).unwrap_or_default());
+        if pending.is_some() {
+            // Due for the relays only after this worker had its chance to deliver.
+            self.store.outbox_intend(cid, self.config.relay_claim_ms).await.map_err(|e| {
+                tracing::warn!(cid, error = %e, "outbox intent failed");
+                self.unavailable(Unavailable::Store)
+            })?;
+        }
         let commit = CommitArgs {
             cid,
             owner_token,
@@ -603,6 +640,7 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
             response: &body,
             idempotency_ttl_ms: self.config.idempotency_ttl_ms,
             retain_ms: if next.state.step.is_terminal() { self.config.terminal_retention_ms.max(1) } else { 0 },
+            pending: pending.as_deref(),
         };
         match self.store.commit(&commit).await {
             Ok(CommitOutcome::Committed) => {}
@@ -628,9 +666,10 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         if next.state.step.is_terminal() {
             self.dismiss(&req.user, cid).await;
         }
-        // Effects only after the commit that made the transition durable.
-        if submit {
-            self.submit(cid, &next).await;
+        // Effects only after the commit that made the transition durable: delivered now if the
+        // sink answers, else by a relay (this worker's or, if it dies, another's).
+        if let Some(s) = &submission {
+            self.deliver(s, false).await;
         }
         Ok(response)
     }
@@ -709,23 +748,69 @@ impl<S: Store, C: Copilot, E: Effects> Orchestrator<S, C, E> {
         Ok(resp)
     }
 
-    async fn submit(&self, cid: &str, record: &ConversationRecord) {
-        let s = Submission {
-            idempotency_key: submission_key(cid),
-            conversation_id: cid.into(),
-            user: record.owner.clone(),
-            workflow: record.state.workflow.clone(),
-            data: record.state.collected_data.clone(),
-        };
-        match self.effects.submit(&s).await {
+    /// One delivery attempt of a submission; on an acknowledgement its outbox entry is cleared.
+    async fn deliver(&self, s: &Submission, relayed: bool) -> bool {
+        let cid = s.conversation_id.as_str();
+        match self.effects.submit(s).await {
             Ok(outcome) => {
                 let duplicate = outcome == SubmitOutcome::Duplicate;
-                tracing::info!(cid, duplicate, "submitted");
-                self.emit(|| ServerEvent::Submitted { cid: cid.into(), key: s.idempotency_key.clone(), duplicate });
+                tracing::info!(cid, duplicate, relayed, "submitted");
+                self.emit(|| ServerEvent::Submitted { cid: cid.into(), key: s.idempotency_key.clone(), duplicate, relayed });
+                if let Err(e) = self.store.outbox_done(cid).await {
+                    // Delivered again later by a relay; the sink de-duplicates.
+                    tracing::warn!(cid, error = %e, "could not clear the outbox entry");
+                }
+                true
             }
-            // The conversation stays succeeded; the submission is retried by whoever repairs
-            // effects from the store (not yet built: see ARCHITECTURE.md).
-            Err(e) => tracing::error!(cid, error = %e, "submission failed"),
+            Err(e) => {
+                tracing::warn!(cid, relayed, error = %e, "submission failed; a relay retries it");
+                false
+            }
+        }
+    }
+
+    /// One pass of the outbox relay: claims the submissions that are due and delivers each,
+    /// clearing it once the sink acknowledged it, or putting it off by a jittered, bounded
+    /// backoff. An entry with no pending submission is cleared once it is older than
+    /// [`OUTBOX_GRACE_MS`] (its commit never happened, or its delivery was cleared). Returns
+    /// how many were delivered.
+    pub async fn relay_once(&self) -> usize {
+        let claim_ms = self.config.relay_claim_ms;
+        let entries = match self.store.outbox_claim(RELAY_BATCH_MAX, claim_ms).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay: outbox unavailable");
+                return 0;
+            }
+        };
+        let mut delivered = 0;
+        for e in entries {
+            match e.pending.as_deref().map(serde_json::from_str::<Submission>) {
+                Some(Ok(s)) => {
+                    if self.deliver(&s, true).await {
+                        delivered += 1;
+                    } else {
+                        let base = self.config.relay_every_ms.max(1);
+                        let later = base + self.rng.below(base * 4);
+                        let _ = self.store.outbox_later(&e.cid, later).await;
+                    }
+                }
+                Some(Err(err)) => tracing::error!(cid = %e.cid, error = %err, "relay: a pending submission that is not a submission"),
+                None if e.age_ms >= OUTBOX_GRACE_MS => {
+                    let _ = self.store.outbox_done(&e.cid).await;
+                }
+                None => {}
+            }
+        }
+        delivered
+    }
+
+    /// The relay: [`Self::relay_once`] every `relay_every_ms` (jittered), until dropped.
+    pub async fn run_relay(&self) {
+        loop {
+            let every = self.config.relay_every_ms.max(1);
+            tokio::time::sleep(Duration::from_millis(every / 2 + self.rng.below(every))).await;
+            self.relay_once().await;
         }
     }
 }

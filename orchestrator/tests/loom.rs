@@ -39,6 +39,7 @@ fn commit(store: &MemStore, token: &str, key: &str, fence: u64, mut rec: Convers
         response: "{}",
         idempotency_ttl_ms: 10_000,
         retain_ms: 0,
+        pending: None,
     })
 }
 

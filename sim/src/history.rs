@@ -103,6 +103,9 @@ pub enum Ev {
         cid: String,
         key: String,
         duplicate: bool,
+        /// Delivered by an outbox relay (not by the turn that committed, or a replay).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relayed: bool,
     },
     /// A worker's cancel took the conversation over (the worker's account; the store's is the
     /// `ModelCommit` with no idempotency key).
@@ -325,7 +328,7 @@ impl Observer for WorkerObserver {
             ServerEvent::CommitRejected { cid, fence } => Ev::CommitRejected { worker: w, cid, fence },
             ServerEvent::Released { cid, fence, released } => Ev::Released { worker: w, cid, fence, released },
             ServerEvent::Replayed { cid, user, idem_key, version } => Ev::Replayed { worker: w, cid, user, idem_key, version },
-            ServerEvent::Submitted { cid, key, duplicate } => Ev::Submitted { worker: w, cid, key, duplicate },
+            ServerEvent::Submitted { cid, key, duplicate, relayed } => Ev::Submitted { worker: w, cid, key, duplicate, relayed },
             ServerEvent::Cancelled { cid, user, fence, version } => Ev::CancelCommitted { worker: w, cid, user, fence, version },
         };
         self.history.push(ev);

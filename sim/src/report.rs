@@ -45,7 +45,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 30] = [
+pub const COUNTERS: [&str; 31] = [
     "requests",
     "hostile requests",
     "clients hung up mid-turn",
@@ -67,6 +67,7 @@ pub const COUNTERS: [&str; 30] = [
     "turns after the end",
     "submissions",
     "duplicate submissions de-duplicated",
+    "submissions delivered by a relay",
     "no-signal hand-offs",
     "turn limits reached",
     "redis partitions",
@@ -107,6 +108,7 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
                 add("copilot rate limits and late answers", 1)
             }
             Ev::Transition { from, .. } if from.is_terminal() => add("turns after the end", 1),
+            Ev::Submitted { relayed: true, .. } => add("submissions delivered by a relay", 1),
             Ev::NoResponse { reason, .. } if reason.starts_with("hung up") => add("clients hung up mid-turn", 1),
             Ev::Invoke { manner: Some(Manner::HalfClosed | Manner::Slow { .. }), .. } => add("half-closed or slow requests", 1),
             Ev::ModelCommit { record, .. }

@@ -598,6 +598,9 @@ impl Worker {
         let orch = Orchestrator::new(store, copilot, sink, SeededRng::from_seed(self.seed), self.cfg).with_observer(observer);
         let api = Arc::new(Api { orchestrator: orch, tokens: self.tokens });
         let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
+        // The outbox relay runs beside the API, as in `orchestrator serve`.
+        let relay = api.clone();
+        tokio::spawn(async move { relay.orchestrator.run_relay().await });
         serve(listener, router(api)).await;
         Ok(())
     }
@@ -662,5 +665,20 @@ impl Store for RecordedMem {
             });
         }
         Ok(outcome)
+    }
+    async fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> Result<(), StoreError> {
+        self.store.outbox_intend_now(cid, due_in_ms);
+        Ok(())
+    }
+    async fn outbox_claim(&self, max: usize, claim_ms: u64) -> Result<Vec<orchestrator::store::OutboxEntry>, StoreError> {
+        Ok(self.store.outbox_claim_now(max, claim_ms))
+    }
+    async fn outbox_done(&self, cid: &str) -> Result<(), StoreError> {
+        self.store.outbox_done_now(cid);
+        Ok(())
+    }
+    async fn outbox_later(&self, cid: &str, after_ms: u64) -> Result<(), StoreError> {
+        self.store.outbox_later_now(cid, after_ms);
+        Ok(())
     }
 }

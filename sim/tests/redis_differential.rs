@@ -338,19 +338,31 @@ fn random_command(rng: &mut ChaCha8Rng) -> Vec<Vec<u8>> {
             token.into(),
             ttl.into(),
         ],
-        15..=24 => vec![
-            "EVALSHA".into(),
-            sha1(scripts::COMMIT),
-            "4".into(),
-            keys::state(cid),
-            keys::lock(cid),
-            keys::fence(cid),
-            idem,
-            (if rng.random_bool(0.5) { 1 } else { rng.random_range(0..4) }).to_string(),
-            record,
-            format!("{fp}\n{{\"resp\":1}}"),
-            "60000".into(),
-        ],
+        15..=24 => {
+            let fence = if rng.random_bool(0.5) { 1 } else { rng.random_range(0..4) };
+            // Retention and a pending submission from the same draw (no extra draws, so the
+            // sequences of every other command stay as they were).
+            let (retain, pending) = match fence {
+                2 => ("90000", "{\"submission\":1}"),
+                3 => ("0", "{\"submission\":1}"),
+                _ => ("0", ""),
+            };
+            vec![
+                "EVALSHA".into(),
+                sha1(scripts::COMMIT),
+                "4".into(),
+                keys::state(cid),
+                keys::lock(cid),
+                keys::fence(cid),
+                idem,
+                fence.to_string(),
+                record,
+                format!("{fp}\n{{\"resp\":1}}"),
+                "60000".into(),
+                retain.into(),
+                pending.into(),
+            ]
+        }
         25..=27 => vec!["EVALSHA".into(), sha1(scripts::RELEASE), "1".into(), keys::lock(cid), token.into()],
         28..=30 => vec!["EVALSHA".into(), sha1(scripts::EXTEND), "1".into(), keys::lock(cid), token.into(), ttl.into()],
         31..=36 => vec!["EVALSHA".into(), sha1(scripts::CREATE), "1".into(), keys::state(cid), user.into(), record],

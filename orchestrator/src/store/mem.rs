@@ -39,6 +39,8 @@ struct Shard {
     /// Conversations kept only until a time (finished ones), and the queue the purge walks.
     retain_until: BTreeMap<String, u64>,
     retain_queue: std::collections::VecDeque<(u64, String)>,
+    /// Pending submissions, by conversation (written by the commit that makes them pending).
+    pending: BTreeMap<String, String>,
 }
 
 impl Shard {
@@ -66,6 +68,7 @@ impl Shard {
             if self.retain_until.get(&cid) == Some(&at) {
                 self.retain_until.remove(&cid);
                 self.records.remove(&cid);
+                self.pending.remove(&cid);
                 self.leases.forget(&keys::lock(&cid));
             }
         }
@@ -84,6 +87,8 @@ pub struct MemStore {
     shards: Vec<Mutex<Shard>>,
     /// Per user, the conversations counted against their cap and when each was counted.
     active: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// The outbox index: cid → (due at, recorded at).
+    outbox: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl MemStore {
@@ -93,7 +98,12 @@ impl MemStore {
 
     pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
         assert!(shards > 0, "MemStore needs at least one shard");
-        Self { clock, shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(), active: Mutex::new(BTreeMap::new()) }
+        Self {
+            clock,
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            active: Mutex::new(BTreeMap::new()),
+            outbox: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn shard(&self, cid: &str) -> &Mutex<Shard> {
@@ -172,6 +182,9 @@ impl MemStore {
             Idem::Completed { fingerprint: a.fingerprint.to_string(), response: a.response.to_string(), expires_at_ms },
         );
         s.expiries.push_back((expires_at_ms, a.idem_key.to_string()));
+        if let Some(p) = a.pending {
+            s.pending.insert(a.cid.to_string(), p.to_string());
+        }
         if a.retain_ms > 0 {
             let until = now.saturating_add(a.retain_ms);
             s.retain_until.insert(a.cid.to_string(), until);
@@ -240,6 +253,42 @@ impl MemStore {
         }
         s.purge(now);
         CancelOutcome::Cancelled { fence }
+    }
+
+    pub fn outbox_intend_now(&self, cid: &str, due_in_ms: u64) {
+        let now = self.clock.now_ms();
+        lock(&self.outbox).entry(cid.to_string()).or_insert((now.saturating_add(due_in_ms), now));
+    }
+
+    pub fn outbox_claim_now(&self, max: usize, claim_ms: u64) -> Vec<OutboxEntry> {
+        let now = self.clock.now_ms();
+        let claimed: Vec<(String, u64)> = {
+            let mut outbox = lock(&self.outbox);
+            let due: Vec<String> = outbox.iter().filter(|(_, (at, _))| *at <= now).take(max).map(|(c, _)| c.clone()).collect();
+            due.into_iter()
+                .filter_map(|c| {
+                    let e = outbox.get_mut(&c)?;
+                    e.0 = now.saturating_add(claim_ms);
+                    Some((c, now.saturating_sub(e.1)))
+                })
+                .collect()
+        };
+        claimed
+            .into_iter()
+            .map(|(cid, age_ms)| OutboxEntry { pending: lock(self.shard(&cid)).pending.get(&cid).cloned(), cid, age_ms })
+            .collect()
+    }
+
+    pub fn outbox_done_now(&self, cid: &str) {
+        lock(self.shard(cid)).pending.remove(cid);
+        lock(&self.outbox).remove(cid);
+    }
+
+    pub fn outbox_later_now(&self, cid: &str, after_ms: u64) {
+        let now = self.clock.now_ms();
+        if let Some(e) = lock(&self.outbox).get_mut(cid) {
+            e.0 = now.saturating_add(after_ms);
+        }
     }
 
     pub fn admit_now(&self, user: &str, cid: &str, max: u64) -> bool {
@@ -311,6 +360,21 @@ impl Store for MemStore {
     async fn cancel(&self, args: &CancelArgs<'_>) -> Result<CancelOutcome, StoreError> {
         Ok(self.cancel_now(args))
     }
+    async fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> Result<(), StoreError> {
+        self.outbox_intend_now(cid, due_in_ms);
+        Ok(())
+    }
+    async fn outbox_claim(&self, max: usize, claim_ms: u64) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(self.outbox_claim_now(max, claim_ms))
+    }
+    async fn outbox_done(&self, cid: &str) -> Result<(), StoreError> {
+        self.outbox_done_now(cid);
+        Ok(())
+    }
+    async fn outbox_later(&self, cid: &str, after_ms: u64) -> Result<(), StoreError> {
+        self.outbox_later_now(cid, after_ms);
+        Ok(())
+    }
     async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
         Ok(self.admit_now(user, cid, max))
     }
@@ -359,6 +423,7 @@ mod tests {
                 response: "{}",
                 idempotency_ttl_ms: ttl,
                 retain_ms: 0,
+                pending: None,
             });
         };
         for i in 0..20 {
@@ -396,6 +461,7 @@ mod tests {
                 response: "{}",
                 idempotency_ttl_ms: 1_000,
                 retain_ms: 1_000,
+                pending: None,
             };
             assert_eq!(store.commit_now(&commit), CommitOutcome::Committed);
         };

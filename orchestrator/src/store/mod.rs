@@ -56,6 +56,10 @@ pub mod keys {
     pub fn state(cid: &str) -> String {
         tagged(STATE, cid)
     }
+    /// The outbox index: a hash `cid → "<due ms>:<recorded ms>"` of submissions that may be
+    /// pending (written before the commit that makes them pending), read by the relays. Its
+    /// own slot; the pending submission itself is in the conversation's `state` hash.
+    pub const OUTBOX: &str = "outbox";
     /// The conversations a user has counted against their cap (a hash `cid → admitted at ms`),
     /// tagged by the user so that its script touches one Redis Cluster slot.
     pub fn active(user: &str) -> String {
@@ -124,6 +128,19 @@ pub struct CommitArgs<'a> {
     /// Keep the conversation only this long after this commit (set when the record is in a
     /// terminal step); 0 keeps it.
     pub retain_ms: u64,
+    /// The submission this commit makes pending (the commit that makes the conversation
+    /// `succeeded`), recorded in the same atomic step; after [`Store::outbox_intend`].
+    pub pending: Option<&'a str>,
+}
+
+/// One submission a relay claimed from the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub cid: String,
+    /// The pending submission (JSON), or `None` if no commit recorded one (yet).
+    pub pending: Option<String>,
+    /// Since the entry was recorded, on the store's clock.
+    pub age_ms: u64,
 }
 
 /// A cancel: one atomic step that takes the conversation over from any turn in flight, if it
@@ -192,6 +209,18 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Compare-and-extend of the lease and the in-flight marker.
     fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records in the outbox index that `cid` is about to have a pending submission (before the
+    /// commit that records it), so that a relay finds it even if this worker dies right after
+    /// that commit. It comes due in `due_in_ms` (the committing worker delivers first).
+    fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Claims up to `max` outbox entries that are due, for `claim_ms` (other relays skip them
+    /// meanwhile), with their pending submissions.
+    fn outbox_claim(&self, max: usize, claim_ms: u64) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+    /// The submission was acknowledged (or there is none): clears the pending submission, then
+    /// the index entry.
+    fn outbox_done(&self, cid: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Delivery failed: the entry comes due again in `after_ms`.
+    fn outbox_later(&self, cid: &str, after_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Cancels a conversation without waiting for its lease (see [`CancelArgs`]).
     fn cancel(&self, args: &CancelArgs<'_>) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send;
     /// Counts `cid` among `user`'s active conversations unless `max` are counted already, in one
@@ -224,6 +253,18 @@ impl<S: Store> Store for std::sync::Arc<S> {
     }
     fn cancel(&self, args: &CancelArgs<'_>) -> impl Future<Output = Result<CancelOutcome, StoreError>> + Send {
         (**self).cancel(args)
+    }
+    fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).outbox_intend(cid, due_in_ms)
+    }
+    fn outbox_claim(&self, max: usize, claim_ms: u64) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send {
+        (**self).outbox_claim(max, claim_ms)
+    }
+    fn outbox_done(&self, cid: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).outbox_done(cid)
+    }
+    fn outbox_later(&self, cid: &str, after_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).outbox_later(cid, after_ms)
     }
     fn admit(&self, user: &str, cid: &str, max: u64) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).admit(user, cid, max)

@@ -72,12 +72,17 @@ return {'busy', redis.call('PTTL', KEYS[2])}
 "#;
 
     /// KEYS: state, lock, fence, idem. ARGV: fence, record, `<fingerprint>\n<response>`,
-    /// idempotency ttl ms, retention ms (0: keep). An unchanged fence means no lease was taken
+    /// idempotency ttl ms, retention ms (0: keep), the submission this commit makes pending ('':
+    /// none; kept in the state hash, so it lives and expires with the conversation). An unchanged fence means no lease was taken
     /// since ours, so the lock is ours or gone: deleting it needs no owner check. A retention
     /// expires the conversation (its state and fence) that long after this commit.
     pub const COMMIT: &str = r#"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'record', ARGV[2])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'record', ARGV[2], 'pending', ARGV[6])
+else
+  redis.call('HSET', KEYS[1], 'record', ARGV[2])
+end
 redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
 redis.call('DEL', KEYS[2])
 if ARGV[5] ~= '0' then
@@ -125,6 +130,48 @@ end
 return {'cancelled', nf}
 "#;
 
+    /// KEYS: outbox. ARGV: cid, due in ms. Records the entry unless it is there.
+    pub const OUTBOX_INTEND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[2])) .. ':' .. string.format('%d', now))
+end
+return 1
+"#;
+
+    /// KEYS: outbox. ARGV: max, claim ms. Claims up to max due entries (their due time moves
+    /// claim ms ahead); returns cid, age ms pairs.
+    pub const OUTBOX_CLAIM: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  if #out >= 2 * tonumber(ARGV[1]) then break end
+  local v = all[i + 1]
+  local c = string.find(v, ':', 1, true)
+  local due, at = tonumber(string.sub(v, 1, c - 1)), tonumber(string.sub(v, c + 1))
+  if due <= now then
+    redis.call('HSET', KEYS[1], all[i], string.format('%d', now + tonumber(ARGV[2])) .. ':' .. string.format('%d', at))
+    table.insert(out, all[i])
+    table.insert(out, string.format('%d', now - at))
+  end
+end
+return out
+"#;
+
+    /// KEYS: outbox. ARGV: cid, after ms.
+    pub const OUTBOX_LATER: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local c = string.find(v, ':', 1, true)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[2])) .. string.sub(v, c))
+return 1
+"#;
+
     /// KEYS: active. ARGV: cid, max. Counts the conversation with the server's time, unless
     /// `max` are counted already.
     pub const ADMIT: &str = r#"
@@ -152,6 +199,9 @@ return 1
 }
 
 struct Scripts {
+    outbox_intend: Script,
+    outbox_claim: Script,
+    outbox_later: Script,
     cancel: Script,
     admit: Script,
     active: Script,
@@ -233,6 +283,9 @@ impl<C: Connector> RedisStore<C> {
             config,
             rng: SeededRng::from_seed(seed),
             scripts: Scripts {
+                outbox_intend: Script::new(scripts::OUTBOX_INTEND),
+                outbox_claim: Script::new(scripts::OUTBOX_CLAIM),
+                outbox_later: Script::new(scripts::OUTBOX_LATER),
                 cancel: Script::new(scripts::CANCEL),
                 admit: Script::new(scripts::ADMIT),
                 active: Script::new(scripts::ACTIVE),
@@ -417,7 +470,7 @@ impl<C: Connector> Store for RedisStore<C> {
             let mut w = c.writer_for_next_arg();
             let _ = w.write_all(a.fingerprint.as_bytes()).and_then(|_| w.write_all(b"\n")).and_then(|_| w.write_all(a.response.as_bytes()));
         }
-        c.arg(a.idempotency_ttl_ms).arg(a.retain_ms);
+        c.arg(a.idempotency_ttl_ms).arg(a.retain_ms).arg(a.pending.unwrap_or(""));
         let v = self.eval(script, &c).await?;
         match as_int(&v) {
             Some(1) => Ok(CommitOutcome::Committed),
@@ -440,6 +493,43 @@ impl<C: Connector> Store for RedisStore<C> {
         c.arg(owner_token).arg(ttl_ms);
         let v = self.eval(&self.scripts.extend, &c).await?;
         Ok(as_int(&v).ok_or_else(|| protocol("extend", &v))? == 1)
+    }
+
+    async fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> Result<(), StoreError> {
+        let mut c = evalsha(&self.scripts.outbox_intend, 1);
+        c.arg(keys::OUTBOX).arg(cid).arg(due_in_ms);
+        self.eval(&self.scripts.outbox_intend, &c).await.map(|_| ())
+    }
+
+    async fn outbox_claim(&self, max: usize, claim_ms: u64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut c = evalsha(&self.scripts.outbox_claim, 1);
+        c.arg(keys::OUTBOX).arg(max).arg(claim_ms);
+        let v = self.eval(&self.scripts.outbox_claim, &c).await?;
+        let Value::Array(items) = &v else { return Err(protocol("outbox claim", &v)) };
+        let mut out = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks(2) {
+            let [cid, age] = pair else { return Err(protocol("outbox claim", &v)) };
+            let cid = as_bytes(cid).and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(|| protocol("outbox claim", &v))?.to_string();
+            let mut conn = self.connection().await?;
+            let pending: Option<String> =
+                ::redis::cmd("HGET").arg(keys::state(&cid)).arg("pending").query_async(&mut conn).await.map_err(|e| self.failed(e))?;
+            out.push(OutboxEntry { cid, pending, age_ms: as_int(age).unwrap_or(0).max(0) as u64 });
+        }
+        Ok(out)
+    }
+
+    async fn outbox_done(&self, cid: &str) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        // The pending submission first: an index entry left behind is cleared by a relay later.
+        ::redis::cmd("HDEL").arg(keys::state(cid)).arg("pending").query_async::<Value>(&mut conn).await.map_err(|e| self.failed(e))?;
+        ::redis::cmd("HDEL").arg(keys::OUTBOX).arg(cid).query_async::<Value>(&mut conn).await.map_err(|e| self.failed(e))?;
+        Ok(())
+    }
+
+    async fn outbox_later(&self, cid: &str, after_ms: u64) -> Result<(), StoreError> {
+        let mut c = evalsha(&self.scripts.outbox_later, 1);
+        c.arg(keys::OUTBOX).arg(cid).arg(after_ms);
+        self.eval(&self.scripts.outbox_later, &c).await.map(|_| ())
     }
 
     async fn cancel(&self, a: &CancelArgs<'_>) -> Result<CancelOutcome, StoreError> {

@@ -116,6 +116,7 @@ async fn commit<F: Fixture>(
         response: &response,
         idempotency_ttl_ms: IDEM_TTL_MS,
         retain_ms: 0,
+        pending: None,
     };
     f.store().commit(&args).await.unwrap()
 }
@@ -279,6 +280,7 @@ async fn a_finished_conversation_is_gone_after_its_retention<F: Fixture>(f: &F) 
         response: "{}",
         idempotency_ttl_ms: IDEM_TTL_MS,
         retain_ms: TTL_MS,
+        pending: None,
     };
     assert_eq!(f.store().commit(&args).await.unwrap(), CommitOutcome::Committed);
     assert_eq!(f.store().load(&cid).await.unwrap(), Some(next), "kept during its retention");
@@ -364,6 +366,61 @@ async fn a_cancel_on_a_stale_view_is_refused<F: Fixture>(f: &F) {
     assert!(now.state.collected_data.contains_key("email"));
 }
 
+/// The outbox: a commit records its submission as pending in the same step; a relay claims
+/// it (others skip it while the claim holds), and once delivered it is gone. An intent whose
+/// commit never came has no pending submission; one put off comes due later.
+async fn the_outbox_keeps_a_pending_submission_until_it_is_done<F: Fixture>(f: &F) {
+    // The Redis server is shared by every test: look only at this test's conversations.
+    let mine = |entries: Vec<orchestrator::store::OutboxEntry>, cid: &str| entries.into_iter().find(|e| e.cid == cid);
+    let claim_ms = TTL_MS / 2;
+    let cid = created(f, "alice").await;
+    let (fence, loaded) = acquired(begin(f, &cid, "alice", "k1", "fp1", "t1").await);
+    f.store().outbox_intend(&cid, 0).await.unwrap();
+    let idem = keys::idem(&cid, "alice", "k1");
+    let mut next = loaded.clone();
+    next.state.version += 1;
+    next.writer_fence = fence;
+    let args = CommitArgs {
+        cid: &cid,
+        owner_token: "t1",
+        fence,
+        record: &next,
+        idem_key: &idem,
+        fingerprint: "fp1",
+        response: "{}",
+        idempotency_ttl_ms: IDEM_TTL_MS,
+        retain_ms: 0,
+        pending: Some("{\"submission\":1}"),
+    };
+    assert_eq!(f.store().commit(&args).await.unwrap(), CommitOutcome::Committed);
+    let e = mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &cid).expect("a pending submission is due");
+    assert_eq!(e.pending.as_deref(), Some("{\"submission\":1}"));
+    assert!(mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &cid).is_none(), "claimed: others skip it");
+    f.pass_ms(claim_ms + 1).await;
+    assert!(mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &cid).is_some(), "a claim that lapsed lets others take it");
+    f.store().outbox_later(&cid, 0).await.unwrap();
+    f.pass_ms(1).await;
+    assert!(mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &cid).is_some(), "put off by 0 ms: due again");
+    f.store().outbox_done(&cid).await.unwrap();
+    f.pass_ms(claim_ms + 1).await;
+    assert!(mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &cid).is_none(), "done: gone");
+    assert_eq!(f.store().load(&cid).await.unwrap(), Some(next), "the record is untouched by the outbox");
+
+    // An intent whose commit never came: due, with nothing pending, and aging.
+    let other = created(f, "alice").await;
+    f.store().outbox_intend(&other, 0).await.unwrap();
+    f.pass_ms(5).await;
+    let e = mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &other).expect("an intent is due");
+    assert_eq!(e.pending, None);
+    assert!(e.age_ms >= 5 && e.age_ms < 60_000, "{e:?}");
+    f.store().outbox_done(&other).await.unwrap();
+    // One that comes due later is not claimed before.
+    let later = created(f, "alice").await;
+    f.store().outbox_intend(&later, TTL_MS * 60).await.unwrap();
+    assert!(mine(f.store().outbox_claim(10_000, claim_ms).await.unwrap(), &later).is_none(), "not due yet");
+    f.store().outbox_done(&later).await.unwrap();
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod mem_store {
@@ -402,4 +459,5 @@ conformance!(
     admission_counts_each_users_unfinished_conversations_up_to_the_cap,
     a_cancel_takes_the_conversation_over_from_a_turn_in_flight,
     a_cancel_on_a_stale_view_is_refused,
+    the_outbox_keeps_a_pending_submission_until_it_is_done,
 );

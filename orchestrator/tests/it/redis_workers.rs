@@ -244,3 +244,108 @@ async fn a_cancel_wins_against_a_slow_copilot_on_redis() {
     assert_eq!(events.commits_of(&cid), 0, "the turn in flight committed");
     assert_eq!(o.get("alice", &cid).await.unwrap(), c.workflow_state);
 }
+
+/// A webhook sink on loopback speaking `WebhookEffects`' contract: 200 for a new key, 208 for
+/// one it has (de-duplicating), every attempt counted.
+#[derive(Default)]
+struct Sink {
+    accepted: std::sync::Mutex<BTreeMap<String, serde_json::Value>>,
+    /// Attempts by key (the Redis server is shared: B's relay may deliver other tests' too).
+    attempts: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+async fn start_sink() -> (Arc<Sink>, String) {
+    use axum::http::{HeaderMap, StatusCode};
+    let sink = Arc::new(Sink::default());
+    let s = sink.clone();
+    let app = axum::Router::new().route(
+        "/submit",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let s = s.clone();
+            async move {
+                let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                *s.attempts.lock().unwrap().entry(key.clone()).or_default() += 1;
+                let mut accepted = s.accepted.lock().unwrap();
+                if accepted.contains_key(&key) {
+                    return StatusCode::ALREADY_REPORTED;
+                }
+                accepted.insert(key, serde_json::from_slice(&body).unwrap_or_default());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/submit", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (sink, url)
+}
+
+/// The outbox, end to end on a real Redis and a real HTTP sink: worker A commits the turn that
+/// makes a conversation succeed and is killed while its submission is on the way (its sink
+/// accepts the connection and never answers); worker B's relay finds the pending submission in
+/// Redis and delivers it, once, with the conversation's final data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_commit_and_delivery_is_covered_by_another_workers_relay() {
+    let Some(server) = TestRedis::get() else { return };
+    // A's sink: accepts and never answers.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://127.0.0.1:{}/submit", black_hole.local_addr().unwrap().port());
+    let _hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = black_hole.accept().await {
+            open.push(s);
+        }
+    });
+    let (sink, url) = start_sink().await;
+    // Entries come due for other relays 500 ms after the commit's intent.
+    let config = TurnConfig { relay_every_ms: 100, relay_claim_ms: 500, ..TurnConfig::default() };
+    let worker = |seed: u64, url: &str| {
+        let store = RedisStore::open(&server.url(), RedisConfig::default(), seed).unwrap();
+        let effects = WebhookEffects::new(net::TcpConnector, url, 60_000).unwrap();
+        Arc::new(Orchestrator::new(store, ScriptedCopilot::new(), effects, SeededRng::from_seed(seed), config.clone()))
+    };
+    let a = worker(21, &hole_url);
+    let cid = a.create("alice", "lead").await.unwrap();
+    let turn = |key: &str, q: &str| TurnRequest {
+        conversation_id: cid.clone(),
+        user: "alice".into(),
+        idempotency_key: key.into(),
+        query: q.into(),
+    };
+    for (i, q) in ["email is a@x.io", "phone is 555 0100", "company is ACME"].iter().enumerate() {
+        a.turn(&turn(&format!("k{i}"), q)).await.unwrap();
+    }
+    let last = tokio::spawn({
+        let (a, t) = (a.clone(), turn("k3", "yes"));
+        async move { a.turn(&t).await }
+    });
+    // Committed (the store says succeeded), its submission hanging on A's sink: kill A.
+    let reader = worker(22, &url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reader.get("alice", &cid).await.unwrap().step != workflow::Step::Succeeded {
+        assert!(std::time::Instant::now() < deadline, "the last turn never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    last.abort();
+    drop(a);
+    assert!(!sink.accepted.lock().unwrap().contains_key(&effects::submission_key(&cid)), "nothing was delivered yet");
+    // B's relay.
+    let b = worker(23, &url);
+    let relay = tokio::spawn({
+        let b = b.clone();
+        async move { b.run_relay().await }
+    });
+    let started = std::time::Instant::now();
+    while !sink.accepted.lock().unwrap().contains_key(&effects::submission_key(&cid)) {
+        assert!(started.elapsed() < Duration::from_secs(10), "B's relay did not deliver within 10 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("B's relay delivered A's submission {:?} after B started", started.elapsed());
+    // It keeps running: no second delivery of a submission it cleared.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.abort();
+    let accepted = sink.accepted.lock().unwrap().clone();
+    let s = &accepted[&effects::submission_key(&cid)];
+    assert_eq!(s["data"], serde_json::json!({"company": "ACME", "email": "a@x.io", "phone": "555 0100"}));
+    assert_eq!(sink.attempts.lock().unwrap().get(&effects::submission_key(&cid)), Some(&1), "delivered once");
+}

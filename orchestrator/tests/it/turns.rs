@@ -281,6 +281,18 @@ impl Store for DownStore {
     async fn cancel(&self, _: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
         Err(StoreError::Unavailable("connection refused".into()))
     }
+    async fn outbox_intend(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn outbox_claim(&self, _: usize, _: u64) -> Result<Vec<orchestrator::store::OutboxEntry>, StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn outbox_done(&self, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
+    async fn outbox_later(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("connection refused".into()))
+    }
 }
 
 /// A `MemStore` whose commits misbehave: `apply` says whether a commit reaches the store at
@@ -324,6 +336,18 @@ impl<F: Fn(&CommitArgs<'_>) -> bool + Send + Sync + 'static> Store for FlakyComm
     }
     async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
         self.inner.cancel(a).await
+    }
+    async fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> Result<(), StoreError> {
+        self.inner.outbox_intend(cid, due_in_ms).await
+    }
+    async fn outbox_claim(&self, max: usize, claim_ms: u64) -> Result<Vec<orchestrator::store::OutboxEntry>, StoreError> {
+        self.inner.outbox_claim(max, claim_ms).await
+    }
+    async fn outbox_done(&self, cid: &str) -> Result<(), StoreError> {
+        self.inner.outbox_done(cid).await
+    }
+    async fn outbox_later(&self, cid: &str, after_ms: u64) -> Result<(), StoreError> {
+        self.inner.outbox_later(cid, after_ms).await
     }
 }
 
@@ -634,4 +658,59 @@ async fn a_cancel_after_success_changes_nothing() {
     assert_eq!((c.result, c.workflow_state.step), (CancelResult::AlreadyFinished, Step::Succeeded));
     assert_eq!(o.get("alice", &cid).await.unwrap(), c.workflow_state);
     assert_eq!(effects.accepted().len(), 1);
+}
+
+/// A sink that is down for its first `down` attempts, then de-duplicates like a real one.
+struct Flaky {
+    down: u64,
+    attempts: Mutex<u64>,
+    inner: RecordingEffects,
+}
+impl Effects for Flaky {
+    async fn submit(
+        &self,
+        s: &orchestrator::effects::Submission,
+    ) -> Result<orchestrator::effects::SubmitOutcome, orchestrator::effects::EffectsError> {
+        let n = {
+            let mut a = self.attempts.lock().unwrap();
+            *a += 1;
+            *a
+        };
+        if n <= self.down {
+            return Err(orchestrator::effects::EffectsError::Status(503));
+        }
+        self.inner.submit(s).await
+    }
+}
+
+/// The outbox relay against a sink that is down: the turn that made the conversation succeed
+/// answers (its delivery failed), the submission stays pending, and the relay retries it with
+/// jittered backoff until the sink takes it, once; then nothing is left to deliver.
+#[tokio::test(start_paused = true)]
+async fn the_relay_delivers_a_submission_the_sink_refused_once_it_is_back() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let store = Arc::new(MemStore::new(clock));
+    let sink = Arc::new(Flaky { down: 3, attempts: Mutex::new(0), inner: RecordingEffects::new() });
+    let events = Arc::new(Events::default());
+    let o =
+        Orchestrator::new(store.clone(), Arc::new(ScriptedCopilot::new()), sink.clone(), SeededRng::from_seed(8), TurnConfig::default())
+            .with_observer(events.clone());
+    let cid = o.create("alice", "lead").await.unwrap();
+    for (i, q) in ["email is a@x.io", "phone is 555", "company is ACME", "yes"].iter().enumerate() {
+        o.turn(&req(&cid, "alice", &format!("k{i}"), q)).await.unwrap();
+    }
+    assert_eq!(sink.inner.accepted().len(), 0, "the sink was down");
+    let mut passes = 0;
+    while sink.inner.accepted().is_empty() {
+        passes += 1;
+        assert!(passes < 200, "the relay never delivered");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        o.relay_once().await;
+    }
+    assert_eq!(*sink.attempts.lock().unwrap(), 4, "three refusals, then one delivery");
+    let relayed = events.0.lock().unwrap().iter().filter(|e| matches!(e, ServerEvent::Submitted { relayed: true, .. })).count();
+    assert_eq!(relayed, 1);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(o.relay_once().await, 0, "nothing left to deliver");
+    assert_eq!(sink.inner.accepted()[0].data.get("company").map(String::as_str), Some("ACME"));
 }

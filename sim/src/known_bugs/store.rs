@@ -334,4 +334,16 @@ impl<S: Store> Store for BuggyStore<S> {
             _ => self.inner.cancel(a).await,
         }
     }
+    async fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> Result<(), StoreError> {
+        self.inner.outbox_intend(cid, due_in_ms).await
+    }
+    async fn outbox_claim(&self, max: usize, claim_ms: u64) -> Result<Vec<orchestrator::store::OutboxEntry>, StoreError> {
+        self.inner.outbox_claim(max, claim_ms).await
+    }
+    async fn outbox_done(&self, cid: &str) -> Result<(), StoreError> {
+        self.inner.outbox_done(cid).await
+    }
+    async fn outbox_later(&self, cid: &str, after_ms: u64) -> Result<(), StoreError> {
+        self.inner.outbox_later(cid, after_ms).await
+    }
 }
