@@ -36,6 +36,8 @@ fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
         KnownBug::ProceedWhenLockFails => ("latency", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
         // Needs a cancel pressed while a turn holds the lease (users do, at a seeded rate).
         KnownBug::CancelWaitsForTheLease => ("swarm", &[CANCEL_CLEAN, LOST_DATA, FENCED_WRITER, SPEC_ORACLE]),
+        // Any success shows it: the sink hears of it before the store does.
+        KnownBug::SubmitBeforeCommit => ("calm", &[EXACTLY_ONCE]),
     }
 }
 

@@ -295,6 +295,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
             redis_host: "redis".into(),
             redis_port: REDIS_PORT,
             timeout_ms: 1_000,
+            sink: sink.clone(),
         };
         sim.host(format!("worker-{w}"), move || {
             let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());

@@ -374,7 +374,9 @@ pub fn fresh_replay(out: &RunOutput) -> Vec<Violation> {
 }
 
 /// 7. Each conversation submits at most once, and one that ended `succeeded` submitted at
-/// least once; each idempotency key changes state at most once.
+/// least once; each idempotency key changes state at most once. Against the store's write log:
+/// only a conversation a commit made `succeeded` is ever submitted, never before that commit
+/// applied, and with the data it succeeded with, which is its final data.
 pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut accepted: BTreeMap<&str, u32> = BTreeMap::new();
@@ -406,6 +408,50 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
     for (cid, rec) in &out.finals {
         if rec.as_ref().is_some_and(|r| r.state.step == Step::Succeeded) && !accepted.contains_key(cid.as_str()) {
             found.push(v(EXACTLY_ONCE, out.sim_ms, format!("conversation {cid} ended succeeded but was never submitted")));
+        }
+    }
+    // Checked against the store's own write log: when each conversation's commit to
+    // `succeeded` applied, and with what data.
+    let mut succeeded: BTreeMap<&str, (u64, &Value)> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::ModelCommit { cid, record, .. } = &e.ev {
+            if record["state"]["step"] == "succeeded" {
+                succeeded.entry(cid).or_insert((e.t_ms, &record["state"]["collectedData"]));
+            }
+        }
+    }
+    for e in &out.history {
+        let Ev::SinkReceived { cid, key, accepted: true, data } = &e.ev else { continue };
+        match succeeded.get(cid.as_str()) {
+            None => found.push(v(
+                EXACTLY_ONCE,
+                e.t_ms,
+                format!("conversation {cid} was submitted (key {key}) but no commit ever made it succeeded: {data}"),
+            )),
+            Some((at, _)) if *at > e.t_ms => found.push(v(
+                EXACTLY_ONCE,
+                e.t_ms,
+                format!(
+                    "conversation {cid} was submitted (key {key}) at {} ms, before the commit that made it succeeded applied at {at} ms",
+                    e.t_ms
+                ),
+            )),
+            Some((_, committed)) if *committed != data => found.push(v(
+                EXACTLY_ONCE,
+                e.t_ms,
+                format!("conversation {cid} was submitted with {data}, but it succeeded with {committed}"),
+            )),
+            Some(_) => {}
+        }
+        if let Some(Some(fin)) = out.finals.get(cid) {
+            let fin_data = serde_json::to_value(&fin.state.collected_data).unwrap_or_default();
+            if fin_data != *data {
+                found.push(v(
+                    EXACTLY_ONCE,
+                    e.t_ms,
+                    format!("conversation {cid} was submitted with {data}, but its final data is {fin_data}"),
+                ));
+            }
         }
     }
     found
@@ -1121,6 +1167,39 @@ mod tests {
         body["workflowState"]["version"] = json!(0);
         out.history.push(Entry { t_ms: 21, ev: Ev::Response { req: 1, status: 200, retry_after: false, body } });
         fires(&out, FRESH_REPLAY);
+    }
+
+    /// Invariant 7 against the write log, on a history whose one commit made c1 succeed with
+    /// alice's email, submitted at `sent_ms` with `data`.
+    fn submitted(sent_ms: u64, data: Value) -> RunOutput {
+        let mut out = clean();
+        for e in &mut out.history {
+            if let Ev::ModelCommit { record, .. } = &mut e.ev {
+                record["state"]["step"] = json!("succeeded");
+            }
+        }
+        if let Some(Some(r)) = out.finals.get_mut("c1") {
+            r.state.step = Step::Succeeded;
+        }
+        out.history.push(Entry { t_ms: sent_ms, ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data } });
+        out.history.sort_by_key(|e| e.t_ms);
+        out
+    }
+
+    #[test]
+    fn exactly_once_fires_on_a_submission_the_store_does_not_bear_out() {
+        let email = json!({"email": "alice.c0.email"});
+        assert_eq!(exactly_once(&submitted(8, email.clone())), vec![], "after the commit, with its data");
+        let early = exactly_once(&submitted(4, email.clone()));
+        assert!(early.iter().any(|x| x.evidence.contains("before the commit that made it succeeded")), "{early:?}");
+        let other = exactly_once(&submitted(8, json!({"email": "alice.c0.other"})));
+        assert!(other.iter().any(|x| x.evidence.contains("but it succeeded with")), "{other:?}");
+        // A conversation that never succeeded, submitted.
+        let mut out = clean();
+        out.history
+            .push(Entry { t_ms: 8, ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: email } });
+        let never = exactly_once(&out);
+        assert!(never.iter().any(|x| x.evidence.contains("no commit ever made it succeeded")), "{never:?}");
     }
 
     #[test]

@@ -58,10 +58,13 @@ pub enum KnownBug {
     /// loaded, waits until the turn in flight lets go of the lease, then writes what it
     /// prepared (over whatever that turn committed meanwhile).
     CancelWaitsForTheLease,
+    /// The submission is sent inside the "transaction", before the commit that makes the
+    /// conversation `succeeded` (which may then be refused, or apply later).
+    SubmitBeforeCommit,
 }
 
 impl KnownBug {
-    pub const ALL: [KnownBug; 13] = [
+    pub const ALL: [KnownBug; 14] = [
         KnownBug::StaleReplay,
         KnownBug::ConfidenceIgnored,
         KnownBug::UnknownSignalIgnored,
@@ -75,6 +78,7 @@ impl KnownBug {
         KnownBug::NoLock,
         KnownBug::ProceedWhenLockFails,
         KnownBug::CancelWaitsForTheLease,
+        KnownBug::SubmitBeforeCommit,
     ];
 
     /// The name the CLI and run files use (`stale_replay`, ...).

@@ -36,6 +36,8 @@ pub struct BugSettings {
     pub redis_port: u16,
     /// Deadline for the side connection's dial and reply.
     pub timeout_ms: u64,
+    /// The effects sink (`SubmitBeforeCommit` submits from inside the commit).
+    pub sink: Arc<crate::sink::SimSink>,
 }
 
 /// One turn's Begin as this worker saw it, keyed by the turn's owner token.
@@ -267,6 +269,13 @@ impl<S: Store> Store for BuggyStore<S> {
 
     async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
         if self.settings.bug.is_none() {
+            return self.inner.commit(a).await;
+        }
+        if let (true, Some(pending)) = (self.is(KnownBug::SubmitBeforeCommit), a.pending) {
+            use orchestrator::effects::Effects;
+            if let Ok(s) = serde_json::from_str::<orchestrator::effects::Submission>(pending) {
+                let _ = self.settings.sink.submit(&s).await;
+            }
             return self.inner.commit(a).await;
         }
         let turn = self.memory().turns.remove(a.owner_token);
