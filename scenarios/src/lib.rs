@@ -145,6 +145,25 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "effects",
+        in_default: true,
+        sometimes: &[
+            "sink outages (deliveries refused)",
+            "sink 5xx",
+            "sink acks lost or late",
+            "submissions delivered by a relay",
+            "duplicate submissions de-duplicated",
+            "worker crashes",
+            "submissions",
+        ],
+        never: &["redis writes lost in crashes", "commits rejected by fence"],
+        about: "the effects sink is down, answers 5xx, acknowledges late or never; workers crash between a commit and its delivery: the outbox's relays deliver every success once",
+        build: |r, o| {
+            common(r, o);
+            o.fault_kinds = vec![FaultKind::SinkOutage, FaultKind::SinkMisbehaves, FaultKind::WorkerCrash];
+        },
+    },
+    Scenario {
         name: "links",
  in_default: true,
         sometimes: &["client links cut", "replays served", "submissions"],
@@ -184,7 +203,6 @@ pub const SCENARIOS: &[Scenario] = &[
             "client links cut",
             "worker clock skews",
             "lease lost while working",
-            "commits rejected by fence",
         ],
         never: &["redis partitions", "redis crashes", "worker crashes", "redis writes lost in crashes"],
         about: "the embedded store (MemStore) in one worker, its leases on the worker's own clock: Copilot faults, duplicates, client links and clock skew; no crash (losing the process loses everything by design)",

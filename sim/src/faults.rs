@@ -40,6 +40,12 @@ pub enum Fault {
     /// Redis crashes and restarts after `down_ms`. Acknowledged writes survive (as with
     /// `appendfsync always`); the script cache does not, so workers meet `NOSCRIPT`.
     RedisCrash { down_ms: u64 },
+    /// For `duration_ms`, the effects sink is down: every delivery is refused (503), nothing
+    /// applied.
+    SinkOutage { duration_ms: u64 },
+    /// For `duration_ms`, `pct` percent of deliveries go wrong: a 5xx (nothing applied), an
+    /// acknowledgement after the worker's deadline, or none at all (the effect applied).
+    SinkMisbehaves { duration_ms: u64, pct: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,10 +60,12 @@ pub enum FaultKind {
     WorkerClockSkew,
     WorkerCrash,
     RedisCrash,
+    SinkOutage,
+    SinkMisbehaves,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::CopilotLatencySpike,
         FaultKind::CopilotMisbehaves,
         FaultKind::Duplicates,
@@ -67,6 +75,8 @@ impl FaultKind {
         FaultKind::WorkerClockSkew,
         FaultKind::WorkerCrash,
         FaultKind::RedisCrash,
+        FaultKind::SinkOutage,
+        FaultKind::SinkMisbehaves,
     ];
 }
 
@@ -132,12 +142,32 @@ impl FaultPlan {
                         down_ms: rng.random_range(100..=lease_ttl_ms * 2),
                     },
                     FaultKind::RedisCrash => Fault::RedisCrash { down_ms: rng.random_range(50..=lease_ttl_ms) },
+                    FaultKind::SinkOutage => Fault::SinkOutage { duration_ms },
+                    FaultKind::SinkMisbehaves => Fault::SinkMisbehaves { duration_ms, pct: rng.random_range(20..=80) },
                 };
                 faults.push((at, f));
             }
         }
         faults.sort_by_key(|(at, _)| *at);
         Self { faults }
+    }
+
+    /// Whether the effects sink is down at `now_ms`.
+    pub fn sink_down(&self, now_ms: u64) -> bool {
+        self.faults.iter().any(|(at, f)| matches!(f, Fault::SinkOutage { duration_ms } if now_ms >= *at && now_ms < at + duration_ms))
+    }
+
+    /// The share of deliveries the sink mishandles at `now_ms`, if an episode is active.
+    pub fn sink_misbehaves(&self, now_ms: u64) -> Option<u32> {
+        self.faults.iter().find_map(|(at, f)| match f {
+            Fault::SinkMisbehaves { duration_ms, pct } if now_ms >= *at && now_ms < at + duration_ms => Some(*pct),
+            _ => None,
+        })
+    }
+
+    /// Whether the plan has any sink episode (the world then waits for the relays to settle).
+    pub fn has_sink_faults(&self) -> bool {
+        self.faults.iter().any(|(_, f)| matches!(f, Fault::SinkOutage { .. } | Fault::SinkMisbehaves { .. }))
     }
 
     /// The Copilot latency forced at `now_ms`, if a spike is active.

@@ -170,6 +170,9 @@ pub enum Ev {
         key: String,
         accepted: bool,
         data: serde_json::Value,
+        /// How the sink misbehaved with this delivery (`down` and `5xx` applied nothing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fault: Option<String>,
     },
 }
 

@@ -45,7 +45,7 @@ pub fn shrink_command(options: &Options, seed: u64) -> String {
 }
 
 /// Every counter a verdict reports, so a summary shows what did *not* happen too.
-pub const COUNTERS: [&str; 31] = [
+pub const COUNTERS: [&str; 34] = [
     "requests",
     "hostile requests",
     "clients hung up mid-turn",
@@ -68,6 +68,9 @@ pub const COUNTERS: [&str; 31] = [
     "submissions",
     "duplicate submissions de-duplicated",
     "submissions delivered by a relay",
+    "sink outages (deliveries refused)",
+    "sink 5xx",
+    "sink acks lost or late",
     "no-signal hand-offs",
     "turn limits reached",
     "redis partitions",
@@ -147,6 +150,12 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
                 }
             }
             Ev::CopilotCalled { ok: false, .. } => add("copilot calls failed or timed out", 1),
+            Ev::SinkReceived { fault: Some(f), .. } if f == "down" => add("sink outages (deliveries refused)", 1),
+            Ev::SinkReceived { fault: Some(f), .. } if f == "5xx" => add("sink 5xx", 1),
+            Ev::SinkReceived { fault: Some(f), accepted, .. } if f == "ack lost" || f == "ack after the deadline" => {
+                add("sink acks lost or late", 1);
+                add(if *accepted { "submissions" } else { "duplicate submissions de-duplicated" }, 1);
+            }
             Ev::SinkReceived { accepted: false, .. } => add("duplicate submissions de-duplicated", 1),
             Ev::SinkReceived { accepted: true, .. } => add("submissions", 1),
             Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => {
@@ -326,9 +335,18 @@ pub fn describe(ev: &Ev) -> String {
         ),
         Ev::CopilotSawForeignData { cid, user, field, value } => format!("copilot c={} for {user} SAW {field}={value}", short(cid)),
         Ev::CopilotBadContext { cid, error, .. } => format!("copilot c={} BAD CONTEXT: {error}", short(cid)),
-        Ev::SinkReceived { cid, accepted, .. } => {
-            format!("sink c={} {}", short(cid), if *accepted { "accepted" } else { "duplicate ignored" })
-        }
+        Ev::SinkReceived { cid, accepted, fault, .. } => format!(
+            "sink c={} {}{}",
+            short(cid),
+            if *accepted {
+                "accepted"
+            } else if fault.as_deref().is_some_and(|f| f == "down" || f == "5xx") {
+                "refused"
+            } else {
+                "duplicate ignored"
+            },
+            fault.as_deref().map(|f| format!(" (SINK FAULT: {f})")).unwrap_or_default()
+        ),
         Ev::HostFault { host, change } => format!("FAULT {host} {change}"),
         Ev::RedisClockJumped { delta_ms, offset_ms } => format!("FAULT redis clock jumped {delta_ms:+} ms (now {offset_ms:+} ms off)"),
         Ev::RedisLostWrites { lost, durability } => format!("FAULT redis crash LOST {lost} applied writes ({durability:?})"),

@@ -53,6 +53,8 @@ fn halved(f: &Fault) -> Option<Fault> {
         }
         Fault::WorkerCrash { worker, down_ms } => Fault::WorkerCrash { worker: *worker, down_ms: half(*down_ms)? },
         Fault::RedisCrash { down_ms } => Fault::RedisCrash { down_ms: half(*down_ms)? },
+        Fault::SinkOutage { duration_ms } => Fault::SinkOutage { duration_ms: half(*duration_ms)? },
+        Fault::SinkMisbehaves { duration_ms, pct } => Fault::SinkMisbehaves { duration_ms: half(*duration_ms)?, pct: *pct },
     })
 }
 

@@ -12,12 +12,12 @@ use crate::history::{Entry, Ev, History, HostChange, WorkerObserver};
 use crate::known_bugs::{BugSettings, BuggyCopilot, BuggyEffects, BuggyStore};
 use crate::net::{TurmoilConnector, TurmoilListener};
 use crate::redis_model::{self, Durability, Model, WriteOp};
-use crate::sink::SimSink;
+use crate::sink::{SimSink, SinkHost, SINK_TIMEOUT_MS};
 use orchestrator::http::{router, serve, Api};
 use orchestrator::store::{
     BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, MemStore, RedisConfig, RedisStore, Store, StoreError,
 };
-use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TurnConfig};
+use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TurnConfig, WebhookEffects};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -133,11 +133,16 @@ impl Options {
     /// block on (Begin, an extension, Commit, a release), connecting (`net::CONNECT_ATTEMPTS_MAX`
     /// tries) and the network both ways, with one tick of slack.
     pub fn answer_bound_ms(&self) -> u64 {
-        const STORE_CALLS_MAX: u64 = 4;
+        // Begin, an extension, the outbox intent, Commit, the outbox clear (two commands), the
+        // cap's dismissal, a release.
+        const STORE_CALLS_MAX: u64 = 8;
         let connect = crate::net::CONNECT_ATTEMPTS_MAX as u64 * (crate::net::CONNECT_RETRY_MS + 2 * self.net_latency_ms.1);
         self.acquire_deadline_ms
             + self.copilot_timeout_ms
             + STORE_CALLS_MAX * REDIS_RESPONSE_TIMEOUT_MS
+            + connect
+            // The submission's first delivery, on the turn that succeeds.
+            + crate::sink::SINK_TIMEOUT_MS
             + connect
             + 4 * self.net_latency_ms.1
             + self.tick_ms
@@ -149,6 +154,9 @@ impl Options {
             lease_extend_every_ms: self.lease_extend_every_ms,
             copilot_timeout_ms: self.copilot_timeout_ms,
             acquire_deadline_ms: self.acquire_deadline_ms,
+            // Relays retry within seconds here (production: a claim of 15 s, a poll a second).
+            relay_every_ms: 500,
+            relay_claim_ms: 2_000,
             ..TurnConfig::default()
         }
     }
@@ -169,6 +177,12 @@ pub const STREAM_OPTIONS: u64 = 5;
 pub const STREAM_BUGS: u64 = 6;
 pub const STREAM_ATTACKERS: u64 = 7;
 pub const STREAM_PEOPLE: u64 = 8;
+pub const STREAM_SINK: u64 = 9;
+
+/// With sink faults in the plan, the run lasts at least this long after the heal, so that the
+/// relays deliver what the sink refused or never acknowledged (the bound invariant 7 states:
+/// a claim, the longest backoff, a delivery).
+pub const SINK_SETTLE_MS: u64 = 12_000;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
     FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)
@@ -260,6 +274,17 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     }
 
     let sink = Arc::new(SimSink::new(history.clone()));
+    {
+        let host = Arc::new(SinkHost { sink: sink.clone(), plan: plan.clone(), rng: Mutex::new(stream(seed, STREAM_SINK)) });
+        sim.host("sink", move || {
+            let host = host.clone();
+            async move {
+                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
+                serve(listener, crate::sink::router(host)).await;
+                Ok(())
+            }
+        });
+    }
     let mut users = BTreeMap::new();
     for c in 0..opts.clients {
         for u in 0..opts.users_per_client {
@@ -339,6 +364,14 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         let shared = shared.clone();
         sim.client(format!("client-{c}"), run_client(shared, c));
     }
+    if plan.has_sink_faults() {
+        // Not a user: keeps the world running until the relays had their chance after the heal.
+        let until = opts.heal_at_ms + SINK_SETTLE_MS;
+        sim.client("settle", async move {
+            tokio::time::sleep(Duration::from_millis(until)).await;
+            Ok(())
+        });
+    }
 
     let error = run_with_faults(&mut sim, opts, &plan, &history, &model);
     let sim_ms = sim.elapsed().as_millis() as u64;
@@ -381,7 +414,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
 
 /// Every host name in the world, for isolating one of them.
 fn host_names(opts: &Options) -> Vec<String> {
-    let mut v = vec!["copilot".to_string()];
+    let mut v = vec!["copilot".to_string(), "sink".to_string()];
     if opts.store == StoreKind::Redis {
         v.push("redis".into());
     }
@@ -582,6 +615,9 @@ pub fn applied_commits(writes: &[redis_model::Write]) -> Vec<Entry> {
 struct Worker {
     name: String,
     history: History,
+    /// The sink's state (the worker reaches the sink host over the network; only a known
+    /// bug's decorator uses this directly).
+    #[allow(dead_code)]
     sink: Arc<SimSink>,
     tokens: BTreeMap<String, String>,
     cfg: TurnConfig,
@@ -595,7 +631,9 @@ impl Worker {
     async fn serve<S: Store, C: orchestrator::Copilot>(self, store: S, copilot: C) -> turmoil::Result {
         let observer = Arc::new(WorkerObserver { worker: self.name.clone(), history: self.history });
         let (store, copilot) = (BuggyStore::new(store, self.bug.clone()), BuggyCopilot { inner: copilot, bug: self.bug.bug });
-        let sink = BuggyEffects { inner: self.sink, bug: self.bug.bug, rng: Mutex::new(stream(self.seed, STREAM_BUGS)) };
+        let webhook = WebhookEffects::new(TurmoilConnector, &format!("http://sink:{HTTP_PORT}/submit"), SINK_TIMEOUT_MS)
+            .map_err(|e| e.to_string())?;
+        let sink = BuggyEffects { inner: webhook, bug: self.bug.bug, rng: Mutex::new(stream(self.seed, STREAM_BUGS)) };
         let orch = Orchestrator::new(store, copilot, sink, SeededRng::from_seed(self.seed), self.cfg).with_observer(observer);
         let api = Arc::new(Api { orchestrator: orch, tokens: self.tokens });
         let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);

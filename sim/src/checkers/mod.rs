@@ -413,6 +413,12 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
     // Checked against the store's own write log: when each conversation's commit to
     // `succeeded` applied, and with what data.
     let mut succeeded: BTreeMap<&str, (u64, &Value)> = BTreeMap::new();
+    let mut accepted_at: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in &out.history {
+        if let Ev::SinkReceived { cid, accepted: true, .. } = &e.ev {
+            accepted_at.entry(cid).or_insert(e.t_ms);
+        }
+    }
     for e in &out.history {
         if let Ev::ModelCommit { cid, record, .. } = &e.ev {
             if record["state"]["step"] == "succeeded" {
@@ -420,8 +426,24 @@ pub fn exactly_once(out: &RunOutput) -> Vec<Violation> {
             }
         }
     }
+    // Delivered within the bound: by the time the relays had their chance after the later of
+    // the success and the heal.
+    for (cid, (at, _)) in &succeeded {
+        let due = (*at).max(out.heal_at_ms) + crate::world::SINK_SETTLE_MS;
+        let first = accepted_at.get(cid).copied();
+        if first.is_some_and(|t| t > due) || (first.is_none() && out.sim_ms > due && out.finals.get(*cid).is_some_and(Option::is_some)) {
+            found.push(v(
+                EXACTLY_ONCE,
+                due,
+                format!(
+                    "conversation {cid} succeeded at {at} ms but the sink accepted it {} (bound: {due} ms)",
+                    first.map_or("never".into(), |t| format!("at {t} ms"))
+                ),
+            ));
+        }
+    }
     for e in &out.history {
-        let Ev::SinkReceived { cid, key, accepted: true, data } = &e.ev else { continue };
+        let Ev::SinkReceived { cid, key, accepted: true, data, .. } = &e.ev else { continue };
         match succeeded.get(cid.as_str()) {
             None => found.push(v(
                 EXACTLY_ONCE,
@@ -1181,7 +1203,10 @@ mod tests {
         if let Some(Some(r)) = out.finals.get_mut("c1") {
             r.state.step = Step::Succeeded;
         }
-        out.history.push(Entry { t_ms: sent_ms, ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data } });
+        out.history.push(Entry {
+            t_ms: sent_ms,
+            ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data, fault: None },
+        });
         out.history.sort_by_key(|e| e.t_ms);
         out
     }
@@ -1189,6 +1214,11 @@ mod tests {
     #[test]
     fn exactly_once_fires_on_a_submission_the_store_does_not_bear_out() {
         let email = json!({"email": "alice.c0.email"});
+        // Delivered, but long after the heal and the relays' bound.
+        let late = crate::world::SINK_SETTLE_MS + 1_000;
+        let mut out = submitted(late, email.clone());
+        out.sim_ms = late + 1;
+        assert!(exactly_once(&out).iter().any(|x| x.evidence.contains("bound")), "{:?}", exactly_once(&out));
         assert_eq!(exactly_once(&submitted(8, email.clone())), vec![], "after the commit, with its data");
         let early = exactly_once(&submitted(4, email.clone()));
         assert!(early.iter().any(|x| x.evidence.contains("before the commit that made it succeeded")), "{early:?}");
@@ -1196,8 +1226,10 @@ mod tests {
         assert!(other.iter().any(|x| x.evidence.contains("but it succeeded with")), "{other:?}");
         // A conversation that never succeeded, submitted.
         let mut out = clean();
-        out.history
-            .push(Entry { t_ms: 8, ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: email } });
+        out.history.push(Entry {
+            t_ms: 8,
+            ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: email, fault: None },
+        });
         let never = exactly_once(&out);
         assert!(never.iter().any(|x| x.evidence.contains("no commit ever made it succeeded")), "{never:?}");
     }
@@ -1208,7 +1240,7 @@ mod tests {
         for t in [30, 31] {
             out.history.push(Entry {
                 t_ms: t,
-                ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: json!({}) },
+                ev: Ev::SinkReceived { cid: "c1".into(), key: "submit:c1".into(), accepted: true, data: json!({}), fault: None },
             });
         }
         fires(&out, EXACTLY_ONCE);
