@@ -554,6 +554,9 @@ pub fn no_500_no_hang(out: &RunOutput) -> Vec<Violation> {
             (Some((t, 503, false, _)), _) => {
                 found.push(v(NO_500_NO_HANG, t, format!("request {} via {} got 503 without Retry-After", c.req, c.worker)))
             }
+            // Its body was lost with a link cut while it was being sent (turmoil's TCP does not
+            // retransmit what a partition dropped): the server rightly timed the body out.
+            (Some((t, 408, _, _)), _) if crashed_meanwhile(c.client, c.worker, c.at_ms, t) => {}
             // A user's own well-formed request: a 4xx other than 409 is the server's fault. (A
             // hostile request's status is invariant 13's.)
             (Some((t, s, _, body)), _) if (400..500).contains(&s) && s != 409 && c.expect.is_none() => {
@@ -1209,6 +1212,22 @@ mod tests {
         });
         out.history.sort_by_key(|e| e.t_ms);
         out
+    }
+
+    #[test]
+    fn no_500_no_hang_fires_on_a_408_unless_the_link_was_cut_meanwhile() {
+        let mut out = clean();
+        for e in &mut out.history {
+            if let Ev::Response { status, body, .. } = &mut e.ev {
+                *status = 408;
+                *body = json!({"error": "request_timeout", "message": "the body did not arrive"});
+            }
+        }
+        assert!(no_500_no_hang(&out).iter().any(|x| x.evidence.contains("unexpected 408")), "{:?}", no_500_no_hang(&out));
+        out.history.push(Entry { t_ms: 1, ev: Ev::HostFault { host: "worker-0".into(), change: HostChange::Crashed } });
+        out.history.push(Entry { t_ms: 3, ev: Ev::HostFault { host: "worker-0".into(), change: HostChange::Restarted } });
+        out.history.sort_by_key(|e| e.t_ms);
+        assert_eq!(no_500_no_hang(&out), vec![], "its worker was down meanwhile");
     }
 
     #[test]
