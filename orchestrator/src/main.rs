@@ -6,7 +6,8 @@ use orchestrator::http::{router, serve_with, Api, Limits};
 use orchestrator::net::TcpConnector;
 use orchestrator::store::{RedisConfig, RedisStore};
 use orchestrator::{
-    Copilot, HttpCopilot, MemStore, Orchestrator, RecordingEffects, ScriptedCopilot, SeededRng, Store, SystemClock, TurnConfig,
+    Copilot, Effects, HttpCopilot, MemStore, Orchestrator, RecordingEffects, ScriptedCopilot, SeededRng, Store, SystemClock, TurnConfig,
+    WebhookEffects,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,6 +64,14 @@ struct ServeArgs {
     /// How long a finished conversation is kept after its last turn, in milliseconds.
     #[arg(long, default_value_t = TurnConfig::default().terminal_retention_ms)]
     terminal_retention_ms: u64,
+    /// Where submissions go: `memory` (kept in the process) or the URL of a webhook speaking the
+    /// submission contract (http://host:port/path: 200 new, 208 already had). Delivered by the
+    /// turn, then by the outbox relay until acknowledged.
+    #[arg(long, default_value = "memory")]
+    effects: String,
+    /// Webhook deadline in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    effects_timeout_ms: u64,
     /// `memory` (embedded) or a Redis URL (redis://host:port).
     #[arg(long, default_value = "memory")]
     store: String,
@@ -85,13 +94,29 @@ fn parse_tokens(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 async fn run<S: Store, C: Copilot>(args: &ServeArgs, store: S, copilot: C, config: TurnConfig) -> anyhow::Result<()> {
+    if args.effects == "memory" {
+        serve_api(args, store, copilot, RecordingEffects::new(), config).await
+    } else {
+        let webhook = WebhookEffects::new(TcpConnector, &args.effects, args.effects_timeout_ms)
+            .map_err(|e| anyhow::anyhow!("--effects {:?}: {e} (expected `memory` or http://host:port/path)", args.effects))?;
+        serve_api(args, store, copilot, webhook, config).await
+    }
+}
+
+async fn serve_api<S: Store, C: Copilot, E: Effects>(
+    args: &ServeArgs,
+    store: S,
+    copilot: C,
+    effects: E,
+    config: TurnConfig,
+) -> anyhow::Result<()> {
     let tokens = parse_tokens(&args.tokens)?;
     // The production seed comes from the OS once; everything after is a ChaCha stream.
     let seed: u64 = rand::random();
-    let orch = Orchestrator::new(store, copilot, RecordingEffects::new(), SeededRng::from_seed(seed), config);
+    let orch = Orchestrator::new(store, copilot, effects, SeededRng::from_seed(seed), config);
     let api = Arc::new(Api { orchestrator: orch, tokens });
     let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, store = %args.store, copilot = %args.copilot, "serving");
+    tracing::info!(listen = %args.listen, store = %args.store, copilot = %args.copilot, effects = %args.effects, "serving");
     eprintln!("orchestrator listening on http://{}", listener.local_addr()?);
     if args.connections_max == 0 {
         bail!("--connections-max must be at least 1");
