@@ -88,12 +88,17 @@ impl Effects for SimSink {
 pub struct SinkHost {
     pub sink: Arc<SimSink>,
     pub plan: Arc<FaultPlan>,
+    /// Every fault stops here.
+    pub heal_at_ms: u64,
     pub rng: Mutex<ChaCha8Rng>,
 }
 
 impl SinkHost {
     fn fault_now(&self) -> Option<SinkFault> {
         let now = crate::history::sim_now_ms();
+        if now >= self.heal_at_ms {
+            return None;
+        }
         if self.plan.sink_down(now) {
             return Some(SinkFault::Down);
         }

@@ -183,6 +183,8 @@ pub const STREAM_SINK: u64 = 9;
 /// relays deliver what the sink refused or never acknowledged (the bound invariant 7 states:
 /// a claim, the longest backoff, a delivery).
 pub const SINK_SETTLE_MS: u64 = 12_000;
+/// How often the settling client looks at the outbox.
+const SETTLE_POLL_MS: u64 = 250;
 
 pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
     FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)
@@ -275,7 +277,12 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
 
     let sink = Arc::new(SimSink::new(history.clone()));
     {
-        let host = Arc::new(SinkHost { sink: sink.clone(), plan: plan.clone(), rng: Mutex::new(stream(seed, STREAM_SINK)) });
+        let host = Arc::new(SinkHost {
+            sink: sink.clone(),
+            plan: plan.clone(),
+            heal_at_ms: opts.heal_at_ms,
+            rng: Mutex::new(stream(seed, STREAM_SINK)),
+        });
         sim.host("sink", move || {
             let host = host.clone();
             async move {
@@ -365,11 +372,25 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.client(format!("client-{c}"), run_client(shared, c));
     }
     if plan.has_sink_faults() {
-        // Not a user: keeps the world running until the relays had their chance after the heal.
-        let until = opts.heal_at_ms + SINK_SETTLE_MS;
+        // Not a user: keeps the world running after the heal until the outbox is empty (every
+        // pending submission delivered and cleared), or for `SINK_SETTLE_MS` at most.
+        let (heal, until) = (opts.heal_at_ms, opts.heal_at_ms + SINK_SETTLE_MS);
+        let (model, mem, plan) = (model.clone(), mems.first().cloned(), plan.clone());
+        let outbox_empty = move |now: u64| match &mem {
+            Some(m) => m.outbox_len() == 0,
+            None => {
+                let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
+                m.peek_hash_len(orchestrator::store::keys::OUTBOX.as_bytes(), plan.redis_now_ms(now)) == 0
+            }
+        };
         sim.client("settle", async move {
-            tokio::time::sleep(Duration::from_millis(until)).await;
-            Ok(())
+            loop {
+                let now = crate::history::sim_now_ms();
+                if now >= until || (now >= heal && outbox_empty(now)) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(SETTLE_POLL_MS)).await;
+            }
         });
     }
 

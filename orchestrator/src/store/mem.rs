@@ -279,6 +279,11 @@ impl MemStore {
             .collect()
     }
 
+    /// Entries in the outbox index (tests and the simulation's bookkeeping).
+    pub fn outbox_len(&self) -> usize {
+        lock(&self.outbox).len()
+    }
+
     pub fn outbox_done_now(&self, cid: &str) {
         lock(self.shard(cid)).pending.remove(cid);
         lock(&self.outbox).remove(cid);

@@ -106,6 +106,16 @@ impl Model {
         }
     }
 
+    /// How many fields the hash at `key` has (0 if none), at `now_ms` (for the world's own
+    /// bookkeeping, outside any client's view).
+    pub fn peek_hash_len(&mut self, key: &[u8], now_ms: u64) -> usize {
+        self.ks.now_ms = now_ms;
+        match self.ks.get(key) {
+            Some(keyspace::Entry { val: Value::Hash(h), .. }) => h.len(),
+            _ => 0,
+        }
+    }
+
     /// The host lost power at simulation time `sim_ms`: what the durability setting does not
     /// keep is gone, and so is the script cache. Returns how many changes were lost.
     pub fn crash(&mut self, sim_ms: u64) -> usize {
