@@ -74,6 +74,15 @@ impl Shard {
         }
     }
 
+    /// A conversation's record, unless it is past its retention (whether or not the purge has
+    /// reached it yet).
+    fn live(&self, cid: &str, now_ms: u64) -> Option<&ConversationRecord> {
+        if self.retain_until.get(cid).is_some_and(|until| *until <= now_ms) {
+            return None;
+        }
+        self.records.get(cid)
+    }
+
     fn live_idem(&mut self, key: &str, now_ms: u64) -> Option<&mut Idem> {
         if self.idem.get(key).is_some_and(|e| e.expires_at_ms() <= now_ms) {
             self.idem.remove(key);
@@ -129,18 +138,14 @@ impl MemStore {
         let now = self.clock.now_ms();
         let s = lock(self.shard(cid));
         // Past its retention a conversation is gone, whether or not the purge has reached it.
-        if s.retain_until.get(cid).is_some_and(|until| *until <= now) {
-            return None;
-        }
-        s.records.get(cid).cloned()
+        s.live(cid, now).cloned()
     }
 
     pub fn begin_now(&self, a: &BeginArgs<'_>) -> BeginOutcome {
         let now = self.clock.now_ms();
         let mut s = lock(self.shard(a.cid));
-        let expired = s.retain_until.get(a.cid).is_some_and(|until| *until <= now);
-        let record = match s.records.get(a.cid) {
-            Some(r) if r.owner == a.user && !expired => r.clone(),
+        let record = match s.live(a.cid, now) {
+            Some(r) if r.owner == a.user => r.clone(),
             _ => return BeginOutcome::NotFound,
         };
         match s.live_idem(a.idem_key, now) {
@@ -221,9 +226,8 @@ impl MemStore {
     pub fn cancel_now(&self, a: &CancelArgs<'_>) -> CancelOutcome {
         let now = self.clock.now_ms();
         let mut s = lock(self.shard(a.cid));
-        let expired = s.retain_until.get(a.cid).is_some_and(|until| *until <= now);
-        let current = match s.records.get(a.cid) {
-            Some(r) if r.owner == a.user && !expired => r.clone(),
+        let current = match s.live(a.cid, now) {
+            Some(r) if r.owner == a.user => r.clone(),
             _ => return CancelOutcome::NotFound,
         };
         let lock_key = keys::lock(a.cid);
