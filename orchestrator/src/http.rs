@@ -30,6 +30,11 @@ use std::time::Duration;
 pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 /// Connections served at once; further ones get [`Limits`]' overflow treatment.
 pub const CONNECTIONS_MAX: usize = 4096;
+/// Connections being refused for their peer's limit at once (answered 503 and closed); past
+/// it, closed on accept.
+pub const REFUSALS_MAX: usize = 1024;
+/// A refused connection's input is drained until it stays quiet this long.
+pub const REFUSAL_DRAIN_MS: u64 = 5;
 /// Connections accepted past [`CONNECTIONS_MAX`] only to answer `/healthz` (or a 503).
 pub const OVERFLOW_CONNECTIONS_MAX: usize = 256;
 /// An overflow connection must send its request head within this time.
@@ -333,10 +338,36 @@ pub async fn serve<L: axum::serve::Listener<Addr = SocketAddr>>(listener: L, rou
 pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listener: L, router: Router, limits: Limits) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
     let overflow = Arc::new(tokio::sync::Semaphore::new(limits.overflow_max));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_MAX));
     let peers: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (mut io, addr) = listener.accept().await;
+        let Some(peer) = PeerSlot::take(&peers, addr.ip(), limits.per_peer_max) else {
+            // Over its share: told so, briefly, and closed, without taking a connection slot.
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let refuse = async {
+                        io.write_all(&peer_limit_answer()).await?;
+                        io.shutdown().await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(1_000), refuse).await;
+                    // What the client already sent is read and dropped: closing a socket with
+                    // unread input resets the connection, and a reset makes the client's
+                    // kernel discard the answer before it is read.
+                    let mut drain = [0u8; 4096];
+                    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(REFUSAL_DRAIN_MS), io.read(&mut drain)).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(peer);
             // Every slot is taken: one request answered from a router that touches nothing.
             if let Ok(permit) = overflow.clone().try_acquire_owned() {
                 tokio::spawn(async move {
@@ -354,16 +385,6 @@ pub async fn serve_with<L: axum::serve::Listener<Addr = SocketAddr>>(mut listene
             }
             continue;
         };
-        let peer = PeerSlot::take(&peers, addr.ip(), limits.per_peer_max);
-        if peer.is_none() {
-            // Over its share: told so, briefly, and closed; the global slot is given back.
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = tokio::time::timeout(Duration::from_millis(1_000), io.write_all(&peer_limit_answer())).await;
-                drop(permit);
-            });
-            continue;
-        }
         let svc = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let mut b = hyper::server::conn::http1::Builder::new();
