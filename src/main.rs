@@ -1,10 +1,10 @@
 //! `orchsim`: explore seeds of the simulation on all cores, or replay one.
 
 use clap::{Parser, Subcommand};
+use scenarios::report::{failure_report, run_plan, timeline, write_trace, Verdict};
+use scenarios::world::faults::FaultPlan;
+use scenarios::world::Options;
 use scenarios::{default_set, find, names, Scenario, SCENARIOS};
-use sim::faults::FaultPlan;
-use sim::report::{failure_report, run_plan, timeline, write_trace, Verdict};
-use sim::world::Options;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
@@ -85,9 +85,9 @@ macro_rules! say {
     }};
 }
 
-fn known_bug(name: Option<&str>) -> Result<Option<sim::KnownBug>, String> {
+fn known_bug(name: Option<&str>) -> Result<Option<scenarios::KnownBug>, String> {
     let Some(name) = name else { return Ok(None) };
-    let all: Vec<String> = sim::KnownBug::ALL.iter().map(|b| b.name()).collect();
+    let all: Vec<String> = scenarios::KnownBug::ALL.iter().map(|b| b.name()).collect();
     serde_json::from_value(serde_json::Value::String(name.into()))
         .map(Some)
         .map_err(|_| format!("unknown known bug {name:?}; known: {}", all.join(", ")))
@@ -112,7 +112,7 @@ fn explore(
     first: u64,
     jobs: usize,
     recheck_every: u64,
-    bug: Option<sim::KnownBug>,
+    bug: Option<scenarios::KnownBug>,
 ) -> ExitCode {
     let defaults = default_set();
     let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
@@ -231,7 +231,7 @@ fn explore(
     );
     let names: Vec<&str> = tallies.keys().copied().collect();
     say!("\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
-    for k in sim::report::COUNTERS {
+    for k in scenarios::report::COUNTERS {
         let per: Vec<u64> = names.iter().map(|n| tallies[n].counters.get(k).copied().unwrap_or(0)).collect();
         say!("{:<40}{}{:>10}", k, per.iter().map(|v| format!("{v:>12}")).collect::<String>(), all_counters.get(k).copied().unwrap_or(0));
     }
@@ -338,7 +338,7 @@ fn read_run(path: &std::path::Path) -> Result<(Options, FaultPlan, u64), String>
     Ok((options, plan, seed))
 }
 
-fn shrink(sc: &Scenario, seed: u64, bug: Option<sim::KnownBug>) -> ExitCode {
+fn shrink(sc: &Scenario, seed: u64, bug: Option<scenarios::KnownBug>) -> ExitCode {
     let start = Instant::now();
     let v = sc.run_with_bug(seed, bug);
     if v.passed() {
@@ -347,10 +347,10 @@ fn shrink(sc: &Scenario, seed: u64, bug: Option<sim::KnownBug>) -> ExitCode {
     }
     let broken: std::collections::BTreeSet<&str> = v.violations.iter().map(|x| x.invariant).collect();
     say!("{} seed {seed} violates {:?} with {} faults; shrinking the plan...", sc.name, broken, v.plan.faults.len());
-    let shrunk = sim::shrink::shrink(&v.plan, |p| run_plan(&v.options, p, seed).violations.iter().any(|x| broken.contains(x.invariant)));
+    let shrunk = v.plan.shrink(|p| run_plan(&v.options, p, seed).violations.iter().any(|x| broken.contains(x.invariant)));
     let small = run_plan(&v.options, &shrunk.plan, seed);
     let base = format!("{}-seed-{seed}.shrunk", sc.name);
-    let trace = sim::report::write_trace_named(&small, &base).ok();
+    let trace = scenarios::report::write_trace_named(&small, &base).ok();
     say!(
         "shrunk {} faults to {} in {} runs ({:.1} s):",
         v.plan.faults.len(),

@@ -1,9 +1,9 @@
 //! The harness itself: determinism over many seeds, and a failure that prints a command which
 //! reproduces the same run.
 
+use scenarios::checks::Violation;
 use scenarios::find;
-use sim::checkers::Violation;
-use sim::report::{failure_report, run_file, run_plan, write_trace_named, Verdict};
+use scenarios::report::{failure_report, run_file, run_plan, write_trace_named, Verdict};
 
 /// Same seed, same trace hash: every seed is run twice, the second time on another thread
 /// (so per-thread randomness such as std's `RandomState` would show).
@@ -124,7 +124,7 @@ fn a_failing_plan_shrinks_to_fewer_faults_and_the_shrunk_run_replays_from_its_fi
         .map(|s| (s, sc.run(s)))
         .find(|(_, v)| lost(v) && v.plan.faults.len() >= 4)
         .expect("no partitions seed in 50 lost a lease with 4 or more faults");
-    let shrunk = sim::shrink::shrink(&v.plan, |p| lost(&run_plan(&v.options, p, seed)));
+    let shrunk = v.plan.shrink(|p| lost(&run_plan(&v.options, p, seed)));
     assert!(shrunk.plan.faults.len() < v.plan.faults.len(), "nothing shrunk: {:?}", shrunk.plan);
     let small = run_plan(&v.options, &shrunk.plan, seed);
     assert!(lost(&small), "the shrunk plan no longer fails");
@@ -149,8 +149,8 @@ fn a_failing_plan_shrinks_to_fewer_faults_and_the_shrunk_run_replays_from_its_fi
 /// that did it.
 #[test]
 fn lossy_redis_reports_lost_acknowledged_data_and_shrinks_to_the_crash() {
-    use sim::checkers::{FENCED_WRITER, LOST_DATA};
-    use sim::faults::Fault;
+    use scenarios::checks::{FENCED_WRITER, LOST_DATA};
+    use scenarios::world::faults::Fault;
     let sc = find("lossy-redis").unwrap();
     assert!(!sc.in_default, "lossy-redis shows a setting's losses; it is not part of the default set");
     let loses = |v: &Verdict| v.violations.iter().any(|x| x.invariant == LOST_DATA || x.invariant == FENCED_WRITER);
@@ -159,7 +159,7 @@ fn lossy_redis_reports_lost_acknowledged_data_and_shrinks_to_the_crash() {
     let report = failure_report(&v, None);
     assert!(report.contains("reproduce: cargo run --release -- replay --scenario lossy-redis"), "{report}");
 
-    let shrunk = sim::shrink::shrink(&v.plan, |p| loses(&run_plan(&v.options, p, v.seed)));
+    let shrunk = v.plan.shrink(|p| loses(&run_plan(&v.options, p, v.seed)));
     assert!(loses(&run_plan(&v.options, &shrunk.plan, v.seed)), "the shrunk plan no longer loses anything");
     assert!(shrunk.plan.faults.len() <= v.plan.faults.len());
     assert!(
@@ -182,7 +182,7 @@ fn every_scenario_meets_its_expectations_over_its_default_seeds() {
     let seeds: u64 = std::env::var("SIM_EXPECTATION_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     for sc in scenarios::SCENARIOS {
         for c in sc.sometimes.iter().chain(sc.never) {
-            assert!(sim::report::COUNTERS.contains(c), "scenario {}: no counter named {c:?}", sc.name);
+            assert!(scenarios::report::COUNTERS.contains(c), "scenario {}: no counter named {c:?}", sc.name);
         }
     }
     for sc in scenarios::default_set() {
@@ -219,9 +219,9 @@ fn a_run_in_which_nothing_works_fails_on_progress() {
     let sc = find("calm").unwrap();
     let mut o = sc.options(0);
     o.workers = 0;
-    let v = sim::report::run_seed(&o, 0);
+    let v = scenarios::report::run_seed(&o, 0);
     assert!(
-        v.violations.iter().any(|x| x.invariant == sim::checkers::PROGRESS && x.evidence.contains("set out to create")),
+        v.violations.iter().any(|x| x.invariant == scenarios::checks::PROGRESS && x.evidence.contains("set out to create")),
         "{:?}",
         v.violations
     );
@@ -234,7 +234,8 @@ fn a_run_in_which_nothing_works_fails_on_progress() {
 #[test]
 fn regression_swarm_seed_11_a_json_array_body_is_a_400() {
     let v = find("swarm").unwrap().run(11);
-    let arrays = v.history.iter().filter(|e| matches!(&e.ev, sim::history::Ev::Invoke { expect: Some(x), .. } if x == &vec![400])).count();
+    let arrays =
+        v.history.iter().filter(|e| matches!(&e.ev, scenarios::history::Ev::Invoke { expect: Some(x), .. } if x == &vec![400])).count();
     assert!(arrays > 0, "seed 11 no longer sends malformed requests: the regression test lost its teeth");
     assert!(v.passed(), "{:?}", v.violations);
 }
@@ -247,8 +248,11 @@ fn regression_swarm_seed_11_a_json_array_body_is_a_400() {
 #[test]
 fn regression_calm_seed_109_a_turn_whose_client_hangs_up_still_ends() {
     let v = find("calm").unwrap().run(109);
-    let hung_up =
-        v.history.iter().filter(|e| matches!(&e.ev, sim::history::Ev::NoResponse { reason, .. } if reason.starts_with("hung up"))).count();
+    let hung_up = v
+        .history
+        .iter()
+        .filter(|e| matches!(&e.ev, scenarios::history::Ev::NoResponse { reason, .. } if reason.starts_with("hung up")))
+        .count();
     assert!(hung_up > 0, "seed 109 no longer hangs up mid-turn: the regression test lost its teeth");
     assert!(v.passed(), "{:?}", v.violations);
 }
@@ -262,7 +266,7 @@ fn regression_calm_seed_109_a_turn_whose_client_hangs_up_still_ends() {
 /// 10, 14, 21, 55 failed on invariant 8 when it was added.)
 #[test]
 fn regression_calm_seeds_that_half_close_get_their_answers() {
-    use sim::history::{Ev, Manner};
+    use scenarios::history::{Ev, Manner};
     let mut seen = 0;
     for seed in [10, 11, 14, 21, 55] {
         let v = find("calm").unwrap().run(seed);
@@ -294,7 +298,8 @@ fn regression_calm_seeds_that_half_close_get_their_answers() {
 #[test]
 fn regression_embedded_seed_6508_a_clock_stepping_back_stretches_no_deadline_and_revives_no_lease() {
     let v = find("embedded").unwrap().run(6508);
-    let backward = v.plan.faults.iter().any(|(_, f)| matches!(f, sim::faults::Fault::WorkerClockSkew { jump_ms, .. } if *jump_ms < 0));
+    let backward =
+        v.plan.faults.iter().any(|(_, f)| matches!(f, scenarios::world::faults::Fault::WorkerClockSkew { jump_ms, .. } if *jump_ms < 0));
     assert!(backward, "seed 6508 no longer steps the worker's clock back: the regression test lost its teeth");
     assert!(v.passed(), "{:?}", v.violations);
 }
@@ -306,8 +311,8 @@ fn regression_embedded_seed_6508_a_clock_stepping_back_stretches_no_deadline_and
 /// same seeds give the same runs.
 #[test]
 fn a_cancel_answers_at_once_while_a_turn_waits_three_seconds_on_copilot() {
-    use sim::faults::{Fault, FaultPlan};
-    use sim::history::Ev;
+    use scenarios::history::Ev;
+    use scenarios::world::faults::{Fault, FaultPlan};
     let sc = find("calm").unwrap();
     let mut overtaken = 0;
     for seed in 0..6 {
@@ -378,7 +383,7 @@ fn a_cancel_answers_at_once_while_a_turn_waits_three_seconds_on_copilot() {
 #[test]
 fn regression_links_seed_8401_a_body_lost_to_a_link_cut_is_a_408() {
     let v = find("links").unwrap().run(8401);
-    let timed_out = v.history.iter().filter(|e| matches!(&e.ev, sim::history::Ev::Response { status: 408, .. })).count();
+    let timed_out = v.history.iter().filter(|e| matches!(&e.ev, scenarios::history::Ev::Response { status: 408, .. })).count();
     assert!(timed_out > 0, "seed 8401 no longer loses a body to a link cut: the regression test lost its teeth");
     assert!(v.passed(), "{:?}", v.violations);
 }

@@ -2,12 +2,12 @@
 //! invariant that pitfall breaks. Run with `--features known-bugs` (kept out of the default test
 //! run for time only; the pitfalls themselves are harness-side decorators, see sim/src/known_bugs).
 
-use scenarios::find;
-use sim::checkers::{
+use scenarios::checks::{
     CANCEL_CLEAN, CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP,
     SPEC_ORACLE, VALID_TRANSITIONS,
 };
-use sim::KnownBug;
+use scenarios::find;
+use scenarios::KnownBug;
 
 /// Seeds tried per bug before the harness is declared blind to it.
 const SEEDS_MAX: u64 = 50;

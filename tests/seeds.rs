@@ -5,7 +5,7 @@
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use scenarios::default_set;
-use sim::report::{failure_report, write_trace};
+use scenarios::report::{failure_report, write_trace};
 
 fn main() {
     let args = Arguments::from_args();

@@ -1,265 +1,16 @@
-//! The history: one log of every client invoke and response and every server event (lease,
-//! Copilot call, transition, commit, replay, submission), stamped with simulated time.
-//! Observers read it after the run; checkers never drive the run.
+//! The history: one log of events stamped with simulated time, written by every host while a
+//! run goes on and read after it. Its JSON-lines form is what is written to disk and what the
+//! trace hash covers: equal hashes, equal runs. The event type is the suite's own.
 
-use orchestrator::turn::{Extracted, Observer, ServerEvent};
-use orchestrator::workflow::Step;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
+/// One event at simulated time `t_ms` (flattened into one JSON object per line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Ev {
-    /// A client sent a request.
-    Invoke {
-        req: u64,
-        client: String,
-        user: String,
-        worker: String,
-        op: String,
-        cid: Option<String>,
-        key: Option<String>,
-        query: Option<String>,
-        duplicate: bool,
-        /// The statuses the contract allows for a hostile request (see `client`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        expect: Option<Vec<u16>>,
-        /// How the client sent it, when not in one go and waiting for the answer.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        manner: Option<Manner>,
-        /// What the person meant by `query` (the harness's ground truth; Copilot never sees it).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        meant: Option<Meant>,
-    },
-    /// A client got an answer.
-    Response {
-        req: u64,
-        status: u16,
-        retry_after: bool,
-        body: serde_json::Value,
-    },
-    /// A client gave up waiting (the request deadline passed, or the connection failed).
-    NoResponse {
-        req: u64,
-        reason: String,
-    },
-    LeaseTaken {
-        worker: String,
-        cid: String,
-        user: String,
-        idem_key: String,
-        fence: u64,
-        version: u64,
-    },
-    LeaseLost {
-        worker: String,
-        cid: String,
-        fence: u64,
-    },
-    CopilotCalled {
-        worker: String,
-        cid: String,
-        fence: u64,
-        ok: bool,
-    },
-    Transition {
-        worker: String,
-        cid: String,
-        user: String,
-        fence: u64,
-        from: Step,
-        to: Step,
-        events: Vec<Extracted>,
-    },
-    Committed {
-        worker: String,
-        cid: String,
-        user: String,
-        idem_key: String,
-        fence: u64,
-        version: u64,
-    },
-    CommitRejected {
-        worker: String,
-        cid: String,
-        fence: u64,
-    },
-    /// A turn gave up after taking the lease and handed it back (`released`: the store said so).
-    Released {
-        worker: String,
-        cid: String,
-        fence: u64,
-        released: bool,
-    },
-    Replayed {
-        worker: String,
-        cid: String,
-        user: String,
-        idem_key: String,
-        version: u64,
-    },
-    Submitted {
-        worker: String,
-        cid: String,
-        key: String,
-        duplicate: bool,
-        /// Delivered by an outbox relay (not by the turn that committed, or a replay).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        relayed: bool,
-    },
-    /// A worker's cancel took the conversation over (the worker's account; the store's is the
-    /// `ModelCommit` with no idempotency key).
-    CancelCommitted {
-        worker: String,
-        cid: String,
-        user: String,
-        fence: u64,
-        version: u64,
-    },
-    /// The Redis model applied a commit (the serialisation order), read from its write log;
-    /// `fence` is the conversation's fence counter at that moment (the newest lease).
-    ModelCommit {
-        cid: String,
-        fence: u64,
-        version: u64,
-        idem_key: String,
-        record: serde_json::Value,
-    },
-    /// The Copilot host answered (with this latency and this extraction).
-    CopilotReply {
-        cid: String,
-        latency_ms: u64,
-        spike: bool,
-        /// How this reply broke the contract, during a misbehaviour episode.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        misbehaviour: Option<String>,
-        /// What the reply lets a client extract (the payload, or the JSON in its text).
-        payload: serde_json::Value,
-    },
-    /// Copilot was asked on behalf of `user` with another user's value in the context.
-    CopilotSawForeignData {
-        cid: String,
-        user: String,
-        field: String,
-        value: String,
-    },
-    /// Copilot got a text whose context prefix does not parse.
-    CopilotBadContext {
-        cid: String,
-        error: String,
-        text: String,
-    },
-    /// The world applied a fault to a host (`redis`, `worker-N` or `client-N`).
-    HostFault {
-        host: String,
-        change: HostChange,
-    },
-    /// A Redis crash lost `lost` changes that had been applied (and perhaps acknowledged).
-    RedisLostWrites {
-        lost: u64,
-        durability: crate::redis_model::Durability,
-    },
-    /// The Redis host's clock jumped by `delta_ms`; it is now `offset_ms` off simulated time.
-    RedisClockJumped {
-        delta_ms: i64,
-        offset_ms: i64,
-    },
-    /// The effects sink received a submission.
-    SinkReceived {
-        cid: String,
-        key: String,
-        accepted: bool,
-        data: serde_json::Value,
-        /// How the sink misbehaved with this delivery (`down` and `5xx` applied nothing).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        fault: Option<String>,
-    },
-}
-
-/// What a person meant by a message: known to the harness because it wrote the message, and
-/// never shown to the Copilot host, so a checker can tell "stored what the user did not say"
-/// from "Copilot misread the user".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "meant", rename_all = "snake_case")]
-pub enum Meant {
-    /// A value for a field (`None`: whichever field was being asked for); `sure: false` for a
-    /// hedge or a guess, which must not be stored.
-    Field {
-        field: Option<String>,
-        value: String,
-        sure: bool,
-    },
-    Confirm,
-    Decline,
-    /// Nothing to act on: thinking aloud, a question, a "sure" while nothing is being confirmed.
-    Nothing,
-}
-
-/// How a person's client sent a request, when it was not "all at once, then wait".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "manner", rename_all = "snake_case")]
-pub enum Manner {
-    /// Sent it, waited up to `after_ms` for the answer, then closed the connection (the tab was
-    /// closed, the phone lost signal): no answer is owed, but the turn must not be abandoned.
-    HungUp { after_ms: u64 },
-    /// Sent it and shut down its sending side (`nc -N`, HTTP/1.0 clients): still owed an answer.
-    HalfClosed,
-    /// Sent it in pieces over `send_ms` (a slow mobile link): owed an answer, that much later.
-    Slow { send_ms: u64 },
-}
-
-/// What happened to a host in a [`Ev::HostFault`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum HostChange {
-    /// Powered off: nothing it sends while dying leaves it.
-    Crashed,
-    Restarted,
-    /// Cut off from `peer` both ways.
-    CutOff {
-        peer: String,
-    },
-    /// What `peer` sends to this host is lost; the other way still works.
-    RepliesLost {
-        peer: String,
-    },
-    /// The link to `peer` is whole again.
-    Reconnected {
-        peer: String,
-    },
-    ClockSkewed,
-    ClockSetRight,
-}
-
-impl HostChange {
-    /// The peer of a link change that breaks the link (cut, or replies lost).
-    pub fn broken_link(&self) -> Option<&str> {
-        match self {
-            HostChange::CutOff { peer } | HostChange::RepliesLost { peer } => Some(peer),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for HostChange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HostChange::Crashed => write!(f, "crashed"),
-            HostChange::Restarted => write!(f, "restarted"),
-            HostChange::CutOff { peer } => write!(f, "cut off from {peer}"),
-            HostChange::RepliesLost { peer } => write!(f, "loses what {peer} sends"),
-            HostChange::Reconnected { peer } => write!(f, "reconnected to {peer}"),
-            HostChange::ClockSkewed => write!(f, "clock skewed"),
-            HostChange::ClockSetRight => write!(f, "clock set right"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Entry<E> {
     pub t_ms: u64,
     #[serde(flatten)]
-    pub ev: Ev,
+    pub ev: E,
 }
 
 /// Simulated time since the start of the run (0 outside a simulation).
@@ -267,33 +18,46 @@ pub fn sim_now_ms() -> u64 {
     turmoil::sim_elapsed().map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    entries: Arc<Mutex<Vec<Entry>>>,
+/// The shared log: cheap to clone into every host.
+#[derive(Debug)]
+pub struct History<E> {
+    entries: Arc<Mutex<Vec<Entry<E>>>>,
 }
 
-impl History {
+impl<E> Clone for History<E> {
+    fn clone(&self) -> Self {
+        Self { entries: self.entries.clone() }
+    }
+}
+
+impl<E> Default for History<E> {
+    fn default() -> Self {
+        Self { entries: Arc::new(Mutex::new(Vec::new())) }
+    }
+}
+
+impl<E: Clone> History<E> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    pub fn push(&self, ev: Ev) {
-        let t_ms = sim_now_ms();
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).push(Entry { t_ms, ev });
+    /// An event at the current simulated time of the host that records it.
+    pub fn push(&self, ev: E) {
+        self.push_at(sim_now_ms(), ev);
     }
 
     /// An event stamped by the caller (the world, between simulation steps, has no host clock).
-    pub fn push_at(&self, t_ms: u64, ev: Ev) {
+    pub fn push_at(&self, t_ms: u64, ev: E) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).push(Entry { t_ms, ev });
     }
 
-    pub fn entries(&self) -> Vec<Entry> {
+    pub fn entries(&self) -> Vec<Entry<E>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-/// The trace as JSON lines: what is written to disk and what the trace hash covers.
-pub fn json_lines(entries: &[Entry]) -> String {
+/// The trace as JSON lines.
+pub fn json_lines<E: Serialize>(entries: &[Entry<E>]) -> String {
     let mut out = String::new();
     for e in entries {
         out.push_str(&serde_json::to_string(e).unwrap_or_default());
@@ -302,38 +66,34 @@ pub fn json_lines(entries: &[Entry]) -> String {
     out
 }
 
-/// SHA1 of the JSON-lines trace: equal hashes, equal runs.
-pub fn trace_hash(entries: &[Entry]) -> String {
+/// SHA1 of the JSON-lines trace (16 hex digits): equal hashes, equal runs.
+pub fn trace_hash<E: Serialize>(entries: &[Entry<E>]) -> String {
     sha1_smol::Sha1::from(json_lines(entries).as_bytes()).digest().to_string()[..16].to_string()
 }
 
-/// The orchestrator's observer inside a worker host.
-pub struct WorkerObserver {
-    pub worker: String,
-    pub history: History,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Observer for WorkerObserver {
-    fn event(&self, ev: ServerEvent) {
-        let w = self.worker.clone();
-        let ev = match ev {
-            ServerEvent::LeaseTaken { cid, user, idem_key, fence, version } => {
-                Ev::LeaseTaken { worker: w, cid, user, idem_key, fence, version }
-            }
-            ServerEvent::LeaseLost { cid, fence } => Ev::LeaseLost { worker: w, cid, fence },
-            ServerEvent::CopilotCalled { cid, fence, ok } => Ev::CopilotCalled { worker: w, cid, fence, ok },
-            ServerEvent::Transition { cid, user, fence, from, to, events } => {
-                Ev::Transition { worker: w, cid, user, fence, from, to, events: events.iter().map(Extracted::from).collect() }
-            }
-            ServerEvent::Committed { cid, user, idem_key, fence, version, .. } => {
-                Ev::Committed { worker: w, cid, user, idem_key, fence, version }
-            }
-            ServerEvent::CommitRejected { cid, fence } => Ev::CommitRejected { worker: w, cid, fence },
-            ServerEvent::Released { cid, fence, released } => Ev::Released { worker: w, cid, fence, released },
-            ServerEvent::Replayed { cid, user, idem_key, version } => Ev::Replayed { worker: w, cid, user, idem_key, version },
-            ServerEvent::Submitted { cid, key, duplicate, relayed } => Ev::Submitted { worker: w, cid, key, duplicate, relayed },
-            ServerEvent::Cancelled { cid, user, fence, version } => Ev::CancelCommitted { worker: w, cid, user, fence, version },
-        };
-        self.history.push(ev);
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "kind", rename_all = "snake_case")]
+    enum Ev {
+        Sent { n: u64 },
+    }
+
+    #[test]
+    fn the_hash_covers_every_entry_and_its_time() {
+        let h = History::new();
+        h.push_at(1, Ev::Sent { n: 1 });
+        h.push_at(2, Ev::Sent { n: 2 });
+        let a = h.entries();
+        assert_eq!(json_lines(&a), "{\"t_ms\":1,\"kind\":\"sent\",\"n\":1}\n{\"t_ms\":2,\"kind\":\"sent\",\"n\":2}\n");
+        let mut b = a.clone();
+        b[1].t_ms = 3;
+        assert_ne!(trace_hash(&a), trace_hash(&b));
+        let mut c = a.clone();
+        c[0].ev = Ev::Sent { n: 9 };
+        assert_ne!(trace_hash(&a), trace_hash(&c));
+        assert_eq!(trace_hash(&a), trace_hash(&h.entries()));
     }
 }

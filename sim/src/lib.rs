@@ -1,32 +1,19 @@
-//! The deterministic simulation harness: runs the real orchestrator in seeded turmoil worlds,
-//! checks invariants over the history, and reproduces any failure from its seed.
+//! The deterministic-simulation kit: seeded turmoil worlds over named hosts, power-off
+//! crashes, links cut both ways or one way, a history log with its trace hash, fault-schedule
+//! shrinking, and the infrastructure hosts such systems need (a Redis model that runs real Lua
+//! scripts). It knows nothing of any particular system under test: `scenarios` builds the
+//! suite for chat orchestrators on it.
 //!
 //! Codemap:
-//! - [`world`] — options → one turmoil simulation (hosts: redis, copilot, workers, clients).
+//! - [`world`] — seeded streams, the `Sim` builder, `power_off`, `Link`/`set_link`, `HostChange`.
+//! - [`net`] — turmoil TCP as an axum listener and a retrying dialler.
+//! - [`history`] — `History<E>`, `Entry<E>`, JSON lines and the trace hash.
+//! - [`shrink`] — a failing fault schedule cut down to the faults the failure needs.
 //! - [`redis_model`], [`resp`] — the Redis model and its wire format.
-//! - [`copilot_host`] — the fake LLM host.
-//! - [`client`] — simulated users and their retries and duplicate deliveries.
-//! - [`sink`] — the effects sink.
-//! - [`faults`] — the serialisable fault plan.
-//! - [`shrink`] — a failing plan cut down to the faults the failure needs.
-//! - [`history`] — the event log, trace hash, JSON lines.
-//! - [`known_bugs`] — pitfalls re-created by decorating the orchestrator's seams.
-//! - [`checkers`] — the invariants, read from the history after the run.
-//! - [`report`] — a run's verdict, failure report and replay command.
-//! - [`net`] — turmoil behind the orchestrator's connector and listener seams.
 
-pub mod checkers;
-pub mod client;
-pub mod copilot_host;
-pub mod faults;
 pub mod history;
-pub mod known_bugs;
 pub mod net;
 pub mod redis_model;
-pub mod report;
 pub mod resp;
 pub mod shrink;
-pub mod sink;
 pub mod world;
-
-pub use known_bugs::KnownBug;

@@ -1,36 +1,41 @@
-//! turmoil plugged into the orchestrator's seams: a `Connector` that dials simulated TCP
-//! (retrying a refused connect, since a client may run before its server has bound), and a
-//! listener that `orchestrator::http::serve` accepts from.
+//! turmoil's TCP as a server's listener and a client's dialler.
 
-use orchestrator::net::Connector;
 use std::time::Duration;
 
 /// Connect attempts before giving up (refused while the peer host is starting or down).
 pub const CONNECT_ATTEMPTS_MAX: u32 = 5;
 pub const CONNECT_RETRY_MS: u64 = 20;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TurmoilConnector;
-
-impl Connector for TurmoilConnector {
-    type Io = turmoil::net::TcpStream;
-    async fn connect(&self, host: &str, port: u16) -> std::io::Result<Self::Io> {
-        let mut last = None;
-        for _ in 0..CONNECT_ATTEMPTS_MAX {
-            match turmoil::net::TcpStream::connect((host, port)).await {
-                Ok(s) => return Ok(s),
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(CONNECT_RETRY_MS)).await;
-                }
+/// Dials `host:port` over simulated TCP, retrying a refused connect (a client may run before
+/// its server has bound, or while the server's host is down) [`CONNECT_ATTEMPTS_MAX`] times.
+pub async fn connect(host: &str, port: u16) -> std::io::Result<turmoil::net::TcpStream> {
+    let mut last = None;
+    for _ in 0..CONNECT_ATTEMPTS_MAX {
+        match turmoil::net::TcpStream::connect((host, port)).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(CONNECT_RETRY_MS)).await;
             }
         }
-        Err(last.unwrap_or_else(|| std::io::Error::other("connect failed")))
     }
+    Err(last.unwrap_or_else(|| std::io::Error::other("connect failed")))
 }
 
-/// A turmoil listener as an `axum::serve::Listener`.
+/// The longest [`connect`] can take to fail, with `rtt_ms` the round trip's worst latency.
+pub fn connect_bound_ms(rtt_ms: u64) -> u64 {
+    CONNECT_ATTEMPTS_MAX as u64 * (CONNECT_RETRY_MS + rtt_ms)
+}
+
+/// A turmoil listener as an `axum::serve::Listener`: any axum or hyper server runs on it.
 pub struct TurmoilListener(pub turmoil::net::TcpListener);
+
+impl TurmoilListener {
+    /// Binds `0.0.0.0:port` on the current host.
+    pub async fn bind(port: u16) -> std::io::Result<Self> {
+        Ok(Self(turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?))
+    }
+}
 
 impl axum::serve::Listener for TurmoilListener {
     type Io = turmoil::net::TcpStream;

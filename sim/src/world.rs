@@ -1,166 +1,11 @@
-//! The world: from (options, fault plan, seed) to one turmoil simulation with hosts `redis`
-//! (the model), `copilot` (the fake LLM), `worker-N` (the real orchestrator: HTTP `serve` +
-//! `RedisStore` + `HttpCopilot` over simulated TCP) and `client-N` (users), run to the end.
-//!
-//! Every random choice comes from a ChaCha stream derived from the seed; turmoil gets
-//! `rng_seed` and a fixed `epoch`; host runtimes are seeded through `tokio_unstable`.
+//! World-building primitives any suite needs: seeded sub-streams, a deterministic turmoil
+//! `Sim`, power-off crashes, links cut both ways or one way, and the host changes a history
+//! records.
 
-use crate::client::{run_client, token_of, Shared};
-use crate::copilot_host::{self, CopilotHost};
-use crate::faults::{FaultKind, FaultPlan, HostFaults};
-use crate::history::{Entry, Ev, History, HostChange, WorkerObserver};
-use crate::known_bugs::{BugSettings, BuggyCopilot, BuggyEffects, BuggyStore};
-use crate::net::{TurmoilConnector, TurmoilListener};
-use crate::redis_model::{self, Durability, Model, WriteOp};
-use crate::sink::{SimSink, SinkHost, SINK_TIMEOUT_MS};
-use orchestrator::http::{router, serve, Api};
-use orchestrator::store::{
-    BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, MemStore, RedisConfig, RedisStore, Store, StoreError,
-};
-use orchestrator::{HttpCopilot, Orchestrator, SeededRng, TurnConfig, WebhookEffects};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
-
-pub const REDIS_PORT: u16 = 6379;
-pub const HTTP_PORT: u16 = 80;
-/// The workers' Redis connect and reply timeouts.
-pub const REDIS_RESPONSE_TIMEOUT_MS: u64 = 1_000;
-
-/// Everything a run depends on besides the seed; printed in full before a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Options {
-    pub scenario: String,
-    pub workers: usize,
-    pub clients: usize,
-    pub users_per_client: usize,
-    pub conversations_per_user: usize,
-    /// Fault kinds this seed enables (swarm testing).
-    pub fault_kinds: Vec<FaultKind>,
-    /// End of the safety phase: every fault stops here (heal), then liveness.
-    pub heal_at_ms: u64,
-    /// Bound on simulated time for the whole run.
-    pub run_limit_ms: u64,
-    pub tick_ms: u64,
-    /// Poll hosts in a seeded random order each tick (more interleavings) instead of a fixed one.
-    pub random_host_order: bool,
-    pub net_latency_ms: (u64, u64),
-    pub copilot_latency_ms: (u64, u64),
-    pub lease_ttl_ms: u64,
-    pub lease_extend_every_ms: u64,
-    pub copilot_timeout_ms: u64,
-    pub acquire_deadline_ms: u64,
-    pub noise_pct: u32,
-    pub concurrent_pct: u32,
-    /// Conversations that open with a run of turns carrying no signal at all.
-    pub mumble_pct: u32,
-    /// Each client host also runs an attacker (see `client::Client::attacker`).
-    #[serde(default)]
-    pub attackers: bool,
-    /// Turns whose client hangs up before the answer (or half-closes and waits for it).
-    #[serde(default)]
-    pub hangup_pct: u32,
-    /// Turns whose client sends the request in slow pieces.
-    #[serde(default)]
-    pub slow_pct: u32,
-    /// Conversations whose user keeps talking until the turn limit hands them to a human.
-    #[serde(default)]
-    pub chatty_pct: u32,
-    /// Conversations whose user presses cancel part way, mostly while a turn is in flight.
-    #[serde(default)]
-    pub cancel_pct: u32,
-    /// A pitfall re-created in the workers by decorating their seams (see [`crate::known_bugs`]).
-    pub known_bug: Option<crate::known_bugs::KnownBug>,
-    /// What a Redis crash loses.
-    #[serde(default)]
-    pub redis_durability: Durability,
-    /// Where the workers keep state: Redis (the model), or the embedded store in the one worker.
-    #[serde(default)]
-    pub store: StoreKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreKind {
-    /// `RedisStore` on the Redis model, any number of workers.
-    #[default]
-    Redis,
-    /// `MemStore` inside a single worker (the orchestrator's default): no Redis host; a worker
-    /// crash would lose everything by design, so no world of this kind crashes it.
-    Embedded,
-}
-
-impl Options {
-    /// Defaults for a scenario; `scenarios` randomises them per seed.
-    pub fn base(scenario: &str) -> Self {
-        Self {
-            scenario: scenario.into(),
-            workers: 3,
-            clients: 2,
-            users_per_client: 2,
-            conversations_per_user: 1,
-            fault_kinds: FaultKind::ALL.to_vec(),
-            heal_at_ms: 10_000,
-            run_limit_ms: 300_000,
-            tick_ms: 10,
-            random_host_order: true,
-            net_latency_ms: (1, 5),
-            copilot_latency_ms: (20, 300),
-            lease_ttl_ms: 2_000,
-            lease_extend_every_ms: 600,
-            copilot_timeout_ms: 5_000,
-            acquire_deadline_ms: 1_500,
-            noise_pct: 15,
-            concurrent_pct: 20,
-            mumble_pct: 10,
-            attackers: false,
-            hangup_pct: 0,
-            slow_pct: 0,
-            chatty_pct: 0,
-            cancel_pct: 0,
-            known_bug: None,
-            redis_durability: Durability::FsyncAlways,
-            store: StoreKind::Redis,
-        }
-    }
-
-    /// The longest a request may wait for its answer, by the configuration: the acquire
-    /// deadline, the Copilot deadline, one Redis reply timeout for each store call a turn can
-    /// block on (Begin, an extension, Commit, a release), connecting (`net::CONNECT_ATTEMPTS_MAX`
-    /// tries) and the network both ways, with one tick of slack.
-    pub fn answer_bound_ms(&self) -> u64 {
-        // Begin, an extension, the outbox intent, Commit, the outbox clear (two commands), the
-        // cap's dismissal, a release.
-        const STORE_CALLS_MAX: u64 = 8;
-        let connect = crate::net::CONNECT_ATTEMPTS_MAX as u64 * (crate::net::CONNECT_RETRY_MS + 2 * self.net_latency_ms.1);
-        self.acquire_deadline_ms
-            + self.copilot_timeout_ms
-            + STORE_CALLS_MAX * REDIS_RESPONSE_TIMEOUT_MS
-            + connect
-            // The submission's first delivery, on the turn that succeeds.
-            + crate::sink::SINK_TIMEOUT_MS
-            + connect
-            + 4 * self.net_latency_ms.1
-            + self.tick_ms
-    }
-
-    pub fn turn_config(&self) -> TurnConfig {
-        TurnConfig {
-            lease_ttl_ms: self.lease_ttl_ms,
-            lease_extend_every_ms: self.lease_extend_every_ms,
-            copilot_timeout_ms: self.copilot_timeout_ms,
-            acquire_deadline_ms: self.acquire_deadline_ms,
-            // Relays retry within seconds here (production: a claim of 15 s, a poll a second).
-            relay_every_ms: 500,
-            relay_claim_ms: 2_000,
-            ..TurnConfig::default()
-        }
-    }
-}
 
 /// A seed's sub-stream for one purpose: independent of how much other purposes draw.
 pub fn stream(seed: u64, purpose: u64) -> ChaCha8Rng {
@@ -169,287 +14,45 @@ pub fn stream(seed: u64, purpose: u64) -> ChaCha8Rng {
     r
 }
 
-pub const STREAM_PLAN: u64 = 1;
-pub const STREAM_COPILOT: u64 = 2;
-pub const STREAM_WORKERS: u64 = 3;
-pub const STREAM_TURMOIL: u64 = 4;
-pub const STREAM_OPTIONS: u64 = 5;
-pub const STREAM_BUGS: u64 = 6;
-pub const STREAM_ATTACKERS: u64 = 7;
-pub const STREAM_PEOPLE: u64 = 8;
-pub const STREAM_SINK: u64 = 9;
-
-/// With sink faults in the plan, the run lasts at least this long after the heal, so that the
-/// relays deliver what the sink refused or never acknowledged (the bound invariant 7 states:
-/// a claim, the longest backoff, a delivery).
-pub const SINK_SETTLE_MS: u64 = 12_000;
-/// How often the settling client looks at the outbox.
-const SETTLE_POLL_MS: u64 = 250;
-
-pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
-    FaultPlan::generate(&mut stream(seed, STREAM_PLAN), &opts.fault_kinds, opts.heal_at_ms, opts.lease_ttl_ms, opts.workers, opts.clients)
+/// The simulated network's timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimConfig {
+    pub tick_ms: u64,
+    /// Bound on simulated time for the whole run.
+    pub run_limit_ms: u64,
+    /// One-way message latency, lowest and highest.
+    pub net_latency_ms: (u64, u64),
+    /// Poll hosts in a seeded random order each tick (more interleavings) instead of a fixed one.
+    pub random_host_order: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct RunOutput {
-    pub history: Vec<Entry>,
-    /// Final record of every conversation the clients created, from the Redis model.
-    pub finals: BTreeMap<String, Option<ConversationRecord>>,
-    pub owners: BTreeMap<String, String>,
-    /// How many conversations each user set out to create (from the options).
-    pub workload: BTreeMap<String, u64>,
-    /// When the faults stopped.
-    pub heal_at_ms: u64,
-    /// The longest an answer may take, by the configuration ([`Options::answer_bound_ms`]).
-    pub answer_bound_ms: u64,
-    pub sim_ms: u64,
-    /// turmoil's error (a host failed, or the run hit `run_limit_ms`).
-    pub error: Option<String>,
-}
+/// Simulated wall clock at time zero (fixed, so time-stamped output is equal across runs).
+pub const EPOCH_S: u64 = 1_700_000_000;
 
-/// A worker host's own clock: simulated time as that host sees it, plus the plan's skew for
-/// the worker (jumps and drift, until the heal).
-struct WorkerClock {
-    plan: Arc<FaultPlan>,
-    worker: usize,
-    heal_at_ms: u64,
-    /// Where the run ended: the time the harness reads the embedded store at afterwards.
-    end_ms: Arc<AtomicU64>,
-}
-
-impl orchestrator::Clock for WorkerClock {
-    fn now_ms(&self) -> u64 {
-        let t = turmoil::sim_elapsed().map_or_else(|| self.end_ms.load(std::sync::atomic::Ordering::SeqCst), |d| d.as_millis() as u64);
-        t.saturating_add_signed(self.plan.worker_clock_offset_ms(self.worker, t, self.heal_at_ms))
-    }
-}
-
-pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
-    let history = History::new();
-    let mut turmoil_rng = stream(seed, STREAM_TURMOIL);
+/// A turmoil `Sim` whose every random choice comes from `rng` (turmoil's own seed is drawn
+/// from it) and whose clock starts at [`EPOCH_S`].
+pub fn build<'a>(cfg: &SimConfig, rng: &mut ChaCha8Rng) -> turmoil::Sim<'a> {
     let mut builder = turmoil::Builder::new();
-    if opts.random_host_order {
+    if cfg.random_host_order {
         builder.enable_random_order();
     }
-    let mut sim = builder
-        .rng_seed(turmoil_rng.random())
-        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-        .tick_duration(Duration::from_millis(opts.tick_ms))
-        .simulation_duration(Duration::from_millis(opts.run_limit_ms))
-        .min_message_latency(Duration::from_millis(opts.net_latency_ms.0))
-        .max_message_latency(Duration::from_millis(opts.net_latency_ms.1))
-        .build();
-
-    let plan = Arc::new(plan.clone());
-    let model = Arc::new(Mutex::new(Model::with_durability(opts.redis_durability)));
-    let embedded = opts.store == StoreKind::Embedded;
-    if !embedded {
-        let (model, plan) = (model.clone(), plan.clone());
-        sim.host("redis", move || {
-            // A (re)started Redis has what its durability setting kept (see `Model::crash`), and
-            // no scripts.
-            model.lock().unwrap_or_else(|p| p.into_inner()).forget_scripts();
-            let plan = plan.clone();
-            // The Redis host's own clock: simulated time plus the plan's clock jumps.
-            let now_ms = move || plan.redis_now_ms(turmoil::elapsed().as_millis() as u64);
-            redis_model::serve(model.clone(), REDIS_PORT, Arc::new(now_ms))
-        });
-    }
-
-    {
-        let host = Arc::new(CopilotHost {
-            plan: plan.clone(),
-            history: history.clone(),
-            latency_ms: opts.copilot_latency_ms,
-            heal_at_ms: opts.heal_at_ms,
-            deadline_ms: opts.copilot_timeout_ms,
-            rng: Mutex::new(stream(seed, STREAM_COPILOT)),
-        });
-        sim.host("copilot", move || {
-            let host = host.clone();
-            async move {
-                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
-                serve(listener, copilot_host::router(host)).await;
-                Ok(())
-            }
-        });
-    }
-
-    let sink = Arc::new(SimSink::new(history.clone()));
-    {
-        let host = Arc::new(SinkHost {
-            sink: sink.clone(),
-            plan: plan.clone(),
-            heal_at_ms: opts.heal_at_ms,
-            rng: Mutex::new(stream(seed, STREAM_SINK)),
-        });
-        sim.host("sink", move || {
-            let host = host.clone();
-            async move {
-                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
-                serve(listener, crate::sink::router(host)).await;
-                Ok(())
-            }
-        });
-    }
-    let mut users = BTreeMap::new();
-    for c in 0..opts.clients {
-        for u in 0..opts.users_per_client {
-            let user = format!("u{c}x{u}");
-            users.insert(token_of(&user), user);
-        }
-        if opts.attackers {
-            let m = crate::client::attacker_of(c);
-            users.insert(token_of(&m), m);
-        }
-    }
-    let mut worker_rng = stream(seed, STREAM_WORKERS);
-    let mut mems: Vec<Arc<MemStore>> = Vec::new();
-    let end_ms = Arc::new(AtomicU64::new(0));
-    for w in 0..opts.workers {
-        let name = format!("worker-{w}");
-        let worker_seed: u64 = worker_rng.random();
-        let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
-        let copilot_timeout_ms = opts.copilot_timeout_ms;
-        let clock: Arc<dyn orchestrator::Clock> =
-            Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms, end_ms: end_ms.clone() });
-        // The embedded store lives in the worker, on the worker's own clock.
-        let mem = embedded.then(|| Arc::new(MemStore::new(clock.clone())));
-        if let Some(m) = &mem {
-            mems.push(m.clone());
-        }
-        let bug = BugSettings {
-            bug: opts.known_bug,
-            clock: clock.clone(),
-            lease_ttl_ms: cfg.lease_ttl_ms,
-            acquire_deadline_ms: cfg.acquire_deadline_ms,
-            acquire_backoff_max_ms: cfg.acquire_backoff_max_ms,
-            redis_host: "redis".into(),
-            redis_port: REDIS_PORT,
-            timeout_ms: 1_000,
-            sink: sink.clone(),
-        };
-        sim.host(format!("worker-{w}"), move || {
-            let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
-            let bug = bug.clone();
-            let mem = mem.clone();
-            async move {
-                let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
-                    .map_err(|e| e.to_string())?;
-                let worker = Worker { name, history, sink, tokens, cfg, bug, seed: worker_seed };
-                match mem {
-                    Some(store) => {
-                        let history = worker.history.clone();
-                        worker.serve(RecordedMem { store, history }, copilot).await
-                    }
-                    None => {
-                        let redis_cfg = RedisConfig {
-                            connect_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
-                            response_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
-                            reconnect_backoff_base_ms: 50,
-                            reconnect_backoff_max_ms: 1_000,
-                        };
-                        let url = format!("redis://redis:{REDIS_PORT}");
-                        let store =
-                            RedisStore::with_connector(TurmoilConnector, &url, redis_cfg, worker_seed).map_err(|e| e.to_string())?;
-                        worker.serve(store, copilot).await
-                    }
-                }
-            }
-        });
-    }
-
-    let shared = Arc::new(Shared {
-        opts: opts.clone(),
-        plan: plan.clone(),
-        history: history.clone(),
-        next_req: AtomicU64::new(0),
-        owners: Mutex::new(BTreeMap::new()),
-        seed,
-    });
-    for c in 0..opts.clients {
-        let shared = shared.clone();
-        sim.client(format!("client-{c}"), run_client(shared, c));
-    }
-    if plan.has_sink_faults() {
-        // Not a user: keeps the world running after the heal until the outbox is empty (every
-        // pending submission delivered and cleared), or for `SINK_SETTLE_MS` at most.
-        let (heal, until) = (opts.heal_at_ms, opts.heal_at_ms + SINK_SETTLE_MS);
-        let (model, mem, plan) = (model.clone(), mems.first().cloned(), plan.clone());
-        let outbox_empty = move |now: u64| match &mem {
-            Some(m) => m.outbox_len() == 0,
-            None => {
-                let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
-                m.peek_hash_len(orchestrator::store::keys::OUTBOX.as_bytes(), plan.redis_now_ms(now)) == 0
-            }
-        };
-        sim.client("settle", async move {
-            loop {
-                let now = crate::history::sim_now_ms();
-                if now >= until || (now >= heal && outbox_empty(now)) {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(SETTLE_POLL_MS)).await;
-            }
-        });
-    }
-
-    let error = run_with_faults(&mut sim, opts, &plan, &history, &model);
-    let sim_ms = sim.elapsed().as_millis() as u64;
-    end_ms.store(sim_ms, std::sync::atomic::Ordering::SeqCst);
-
-    let owners = shared.owners.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
-    let mut entries = history.entries();
-    // The commits the model applied, read from its write log, join the history.
-    entries.extend(applied_commits(model.writes()));
-    entries.sort_by_key(|e| e.t_ms);
-    let mut finals = BTreeMap::new();
-    for cid in owners.keys() {
-        let rec = match mems.first() {
-            Some(m) => m.load_now(cid),
-            None => {
-                let key = orchestrator::store::keys::state(cid);
-                // Read on the Redis host's clock at the end of the run: a finished conversation
-                // expires only after its retention.
-                model.peek_hash_field(key.as_bytes(), b"record", plan.redis_now_ms(sim_ms)).and_then(|r| serde_json::from_slice(&r).ok())
-            }
-        };
-        finals.insert(cid.clone(), rec);
-    }
-    // Users create `conversations_per_user` each; an attacker creates one of its own.
-    let attackers: Vec<String> = if opts.attackers { (0..opts.clients).map(crate::client::attacker_of).collect() } else { Vec::new() };
-    let workload =
-        users.values().map(|u| (u.clone(), if attackers.contains(u) { 1 } else { opts.conversations_per_user as u64 })).collect();
-    RunOutput {
-        history: entries,
-        finals,
-        owners,
-        workload,
-        heal_at_ms: opts.heal_at_ms,
-        answer_bound_ms: opts.answer_bound_ms(),
-        sim_ms,
-        error,
-    }
-}
-
-/// Every host name in the world, for isolating one of them.
-fn host_names(opts: &Options) -> Vec<String> {
-    let mut v = vec!["copilot".to_string(), "sink".to_string()];
-    if opts.store == StoreKind::Redis {
-        v.push("redis".into());
-    }
-    v.extend((0..opts.workers).map(|w| format!("worker-{w}")));
-    v.extend((0..opts.clients).map(|c| format!("client-{c}")));
-    v
+    builder
+        .rng_seed(rng.random())
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_S))
+        .tick_duration(Duration::from_millis(cfg.tick_ms))
+        .simulation_duration(Duration::from_millis(cfg.run_limit_ms))
+        .min_message_latency(Duration::from_millis(cfg.net_latency_ms.0))
+        .max_message_latency(Duration::from_millis(cfg.net_latency_ms.1))
+        .build()
 }
 
 /// Crashes `host` like a power loss: it is cut off from every other host first, so the
 /// FIN/RST its dropped sockets would send never leave it. (turmoil drops a crashed host's tasks
 /// in an order that depends on tokio's process-wide task ids, so letting those segments out
 /// would make the peers' reactions, and the run, depend on what ran before in the process.)
-/// Peers notice as a real machine's peers do: on their next send, or by their timeouts.
-fn power_off(sim: &mut turmoil::Sim<'_>, all: &[String], host: &str) {
+/// Peers notice as a real machine's peers do: on their next send, or by their timeouts. Every
+/// link of `host` is whole again afterwards: re-apply the cuts still wanted.
+pub fn power_off(sim: &mut turmoil::Sim<'_>, all: &[String], host: &str) {
     for other in all.iter().filter(|h| h.as_str() != host) {
         sim.partition(host, other.as_str());
     }
@@ -459,286 +62,108 @@ fn power_off(sim: &mut turmoil::Sim<'_>, all: &[String], host: &str) {
     }
 }
 
-/// Steps the simulation to its end, applying the plan's host faults (partitions from Redis,
-/// crashes and restarts) as their windows open and close, and logging each change and each
-/// Redis clock jump. Returns turmoil's error, if any.
-fn run_with_faults(
-    sim: &mut turmoil::Sim<'_>,
-    opts: &Options,
-    plan: &FaultPlan,
-    history: &History,
-    model: &Mutex<Model>,
-) -> Option<String> {
-    let all = host_names(opts);
-    let mut applied = vec![HostFaults::default(); opts.workers];
-    let mut skewed = vec![false; opts.workers];
-    // Client c ↔ worker w link state as applied, at [c * workers + w].
-    let mut links: Vec<Option<bool>> = vec![None; opts.clients * opts.workers];
-    let mut redis_down = false;
-    let mut clock_offset = 0i64;
-    loop {
-        let now = sim.elapsed().as_millis() as u64;
-        let want_down = plan.redis_down(now, opts.heal_at_ms);
-        if want_down != redis_down {
-            if want_down {
-                power_off(sim, &all, "redis");
-                let lost = model.lock().unwrap_or_else(|p| p.into_inner()).crash(now);
-                if lost > 0 {
-                    history.push_at(now, Ev::RedisLostWrites { lost: lost as u64, durability: opts.redis_durability });
-                }
-                // The power-off repaired every link of redis: partitions still wanted are
-                // applied again below.
-                for have in &mut applied {
-                    have.redis_partition = None;
-                }
-            } else {
-                sim.bounce("redis");
-            }
-            let change = if want_down { HostChange::Crashed } else { HostChange::Restarted };
-            history.push_at(now, Ev::HostFault { host: "redis".into(), change });
-            redis_down = want_down;
-        }
-        for (w, have) in applied.iter_mut().enumerate() {
-            let want = plan.worker_faults(w, now, opts.heal_at_ms);
-            let host = format!("worker-{w}");
-            if want.down != have.down {
-                if want.down {
-                    power_off(sim, &all, &host);
-                    have.redis_partition = None;
-                    // The power-off repaired the worker's client links too.
-                    for c in 0..opts.clients {
-                        links[c * opts.workers + w] = None;
-                    }
-                } else {
-                    sim.bounce(host.as_str());
-                }
-                let change = if want.down { HostChange::Crashed } else { HostChange::Restarted };
-                history.push_at(now, Ev::HostFault { host: host.clone(), change });
-            }
-            if want.redis_partition != have.redis_partition {
-                if have.redis_partition.is_some() {
-                    sim.repair(host.as_str(), "redis");
-                }
-                let peer = "redis".to_string();
-                let change = match want.redis_partition {
-                    Some(false) => {
-                        sim.partition(host.as_str(), "redis");
-                        HostChange::CutOff { peer }
-                    }
-                    Some(true) => {
-                        sim.partition_oneway("redis", host.as_str());
-                        HostChange::RepliesLost { peer }
-                    }
-                    None => HostChange::Reconnected { peer },
-                };
-                history.push_at(now, Ev::HostFault { host, change });
-            }
-            *have = want;
-        }
-        for c in 0..opts.clients {
-            for w in 0..opts.workers {
-                let want = plan.client_link(c, w, now, opts.heal_at_ms);
-                let have = &mut links[c * opts.workers + w];
-                if want == *have {
-                    continue;
-                }
-                let (client, worker) = (format!("client-{c}"), format!("worker-{w}"));
-                if have.is_some() {
-                    sim.repair(client.as_str(), worker.as_str());
-                }
-                let change = match want {
-                    Some(false) => {
-                        sim.partition(client.as_str(), worker.as_str());
-                        HostChange::CutOff { peer: worker }
-                    }
-                    Some(true) => {
-                        sim.partition_oneway(worker.as_str(), client.as_str());
-                        HostChange::RepliesLost { peer: worker }
-                    }
-                    None => HostChange::Reconnected { peer: worker },
-                };
-                history.push_at(now, Ev::HostFault { host: client, change });
-                *have = want;
-            }
-        }
-        for (w, was) in skewed.iter_mut().enumerate() {
-            let is = plan.worker_clock_skewed(w, now, opts.heal_at_ms);
-            if is != *was {
-                let change = if is { HostChange::ClockSkewed } else { HostChange::ClockSetRight };
-                history.push_at(now, Ev::HostFault { host: format!("worker-{w}"), change });
-                *was = is;
-            }
-        }
-        let offset = plan.redis_clock_offset_ms(now);
-        if offset != clock_offset {
-            history.push_at(now, Ev::RedisClockJumped { delta_ms: offset - clock_offset, offset_ms: offset });
-            clock_offset = offset;
-        }
-        match sim.step() {
-            Ok(true) => return None,
-            Ok(false) => {}
-            Err(e) => return Some(e.to_string()),
+/// The state of the link between two hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    #[default]
+    Whole,
+    /// Nothing passes either way.
+    Cut,
+    /// What the far side sends is lost; the other way still works (commands apply, their
+    /// answers vanish).
+    RepliesLost,
+}
+
+impl Link {
+    /// Two faults on one link at once: the harsher wins (a cut over lost replies).
+    pub fn and(self, other: Link) -> Link {
+        match (self, other) {
+            (Link::Cut, _) | (_, Link::Cut) => Link::Cut,
+            (Link::RepliesLost, _) | (_, Link::RepliesLost) => Link::RepliesLost,
+            _ => Link::Whole,
         }
     }
 }
 
-/// orchsim's reading of the model's write log: a commit is a write of a conversation's
-/// `record` field to its state hash by a command that did not create it (creation writes the
-/// owner too). Its fence is the value the conversation's fence counter held when it applied
-/// (the newest lease taken), which the record's own `writerFence` must equal; its idempotency
-/// key is the key the same command wrote.
-pub fn applied_commits(writes: &[redis_model::Write]) -> Vec<Entry> {
-    let state_prefix = format!("{}:", orchestrator::store::keys::STATE);
-    let fence_prefix = format!("{}:", orchestrator::store::keys::FENCE);
-    let cid_of = |key: &str, prefix: &str| {
-        key.strip_prefix(prefix).and_then(|r| r.strip_prefix("{c:")).and_then(|r| r.strip_suffix('}')).map(String::from)
-    };
-    let mut fences: BTreeMap<String, u64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, w) in writes.iter().enumerate() {
-        let key = String::from_utf8_lossy(&w.key);
-        if let Some(cid) = cid_of(&key, &fence_prefix) {
-            let value = match &w.op {
-                WriteOp::Set(v) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
-                WriteOp::Lost(Some(redis_model::Value::Str(v))) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
-                WriteOp::Del | WriteOp::Lost(None) => Some(0),
-                _ => None,
-            };
-            if let Some(f) = value {
-                fences.insert(cid, f);
-            }
-            continue;
-        }
-        let Some(cid) = cid_of(&key, &state_prefix) else { continue };
-        let WriteOp::HSet(pairs) = &w.op else { continue };
-        if pairs.iter().any(|(f, _)| f == b"owner") {
-            continue;
-        }
-        let Some((_, record)) = pairs.iter().find(|(f, _)| f == b"record") else { continue };
-        let record: serde_json::Value = serde_json::from_slice(record).unwrap_or_default();
-        let version = record["state"]["version"].as_u64().unwrap_or(0);
-        // Writes of one command are contiguous in the log.
-        let lo = writes[..i].iter().rposition(|o| o.command != w.command).map_or(0, |p| p + 1);
-        let hi = writes[i..].iter().position(|o| o.command != w.command).map_or(writes.len(), |p| i + p);
-        let idem_key = writes[lo..hi]
-            .iter()
-            .filter(|o| o.key.starts_with(b"idem:") && matches!(o.op, WriteOp::Set(_)))
-            .map(|o| String::from_utf8_lossy(&o.key).into_owned())
-            .next()
-            .unwrap_or_default();
-        let fence = fences.get(&cid).copied().unwrap_or(0);
-        out.push(Entry { t_ms: w.at_ms, ev: Ev::ModelCommit { cid, fence, version, idem_key, record } });
+/// Sets the link between `host` and `peer` from `have` to `want` and says what changed for
+/// `host` (`None` if nothing did). `RepliesLost` loses what `peer` sends to `host`.
+pub fn set_link(sim: &mut turmoil::Sim<'_>, host: &str, peer: &str, have: Link, want: Link) -> Option<HostChange> {
+    if have == want {
+        return None;
     }
-    out
+    if have != Link::Whole {
+        sim.repair(host, peer);
+    }
+    let peer_name = peer.to_string();
+    Some(match want {
+        Link::Cut => {
+            sim.partition(host, peer);
+            HostChange::CutOff { peer: peer_name }
+        }
+        Link::RepliesLost => {
+            sim.partition_oneway(peer, host);
+            HostChange::RepliesLost { peer: peer_name }
+        }
+        Link::Whole => HostChange::Reconnected { peer: peer_name },
+    })
 }
 
-/// One worker host's parts: everything but its store and Copilot client.
-struct Worker {
-    name: String,
-    history: History,
-    /// The sink's state (the worker reaches the sink host over the network; only a known
-    /// bug's decorator uses this directly).
-    #[allow(dead_code)]
-    sink: Arc<SimSink>,
-    tokens: BTreeMap<String, String>,
-    cfg: TurnConfig,
-    bug: BugSettings,
-    seed: u64,
+/// What happened to a host, as a history records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum HostChange {
+    /// Powered off: nothing it sends while dying leaves it.
+    Crashed,
+    Restarted,
+    /// Cut off from `peer` both ways.
+    CutOff {
+        peer: String,
+    },
+    /// What `peer` sends to this host is lost; the other way still works.
+    RepliesLost {
+        peer: String,
+    },
+    /// The link to `peer` is whole again.
+    Reconnected {
+        peer: String,
+    },
+    ClockSkewed,
+    ClockSetRight,
 }
 
-impl Worker {
-    /// The worker under test: orchsim's orchestrator on its seams, each seam wrapped by the
-    /// known-bug decorators (plain pass-through when no bug is selected), serving HTTP.
-    async fn serve<S: Store, C: orchestrator::Copilot>(self, store: S, copilot: C) -> turmoil::Result {
-        let observer = Arc::new(WorkerObserver { worker: self.name.clone(), history: self.history });
-        let (store, copilot) = (BuggyStore::new(store, self.bug.clone()), BuggyCopilot { inner: copilot, bug: self.bug.bug });
-        let webhook = WebhookEffects::new(TurmoilConnector, &format!("http://sink:{HTTP_PORT}/submit"), SINK_TIMEOUT_MS)
-            .map_err(|e| e.to_string())?;
-        let sink = BuggyEffects { inner: webhook, bug: self.bug.bug, rng: Mutex::new(stream(self.seed, STREAM_BUGS)) };
-        let orch = Orchestrator::new(store, copilot, sink, SeededRng::from_seed(self.seed), self.cfg).with_observer(observer);
-        let api = Arc::new(Api { orchestrator: orch, tokens: self.tokens });
-        let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
-        // The outbox relay runs beside the API, as in `orchestrator serve`.
-        let relay = api.clone();
-        tokio::spawn(async move { relay.orchestrator.run_relay().await });
-        serve(listener, router(api)).await;
-        Ok(())
+impl HostChange {
+    /// The peer of a link change that breaks the link (cut, or replies lost).
+    pub fn broken_link(&self) -> Option<&str> {
+        match self {
+            HostChange::CutOff { peer } | HostChange::RepliesLost { peer } => Some(peer),
+            _ => None,
+        }
     }
 }
 
-/// The embedded store with its applied commits written to the history from the store's own
-/// answers (the embedded world has no Redis write log): a commit the store accepted, stamped
-/// with the fence counter the store holds right after it.
-struct RecordedMem {
-    store: Arc<MemStore>,
-    history: History,
+impl std::fmt::Display for HostChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostChange::Crashed => write!(f, "crashed"),
+            HostChange::Restarted => write!(f, "restarted"),
+            HostChange::CutOff { peer } => write!(f, "cut off from {peer}"),
+            HostChange::RepliesLost { peer } => write!(f, "loses what {peer} sends"),
+            HostChange::Reconnected { peer } => write!(f, "reconnected to {peer}"),
+            HostChange::ClockSkewed => write!(f, "clock skewed"),
+            HostChange::ClockSetRight => write!(f, "clock set right"),
+        }
+    }
 }
 
-impl Store for RecordedMem {
-    async fn create(&self, cid: &str, record: &ConversationRecord) -> Result<bool, StoreError> {
-        Ok(self.store.create_now(cid, record))
-    }
-    async fn load(&self, cid: &str) -> Result<Option<ConversationRecord>, StoreError> {
-        Ok(self.store.load_now(cid))
-    }
-    async fn begin(&self, a: &BeginArgs<'_>) -> Result<BeginOutcome, StoreError> {
-        Ok(self.store.begin_now(a))
-    }
-    async fn commit(&self, a: &CommitArgs<'_>) -> Result<CommitOutcome, StoreError> {
-        let outcome = self.store.commit_now(a);
-        if outcome == CommitOutcome::Committed {
-            self.history.push(Ev::ModelCommit {
-                cid: a.cid.into(),
-                fence: self.store.fence_now(a.cid),
-                version: a.record.state.version,
-                idem_key: a.idem_key.into(),
-                record: serde_json::to_value(a.record).unwrap_or_default(),
-            });
-        }
-        Ok(outcome)
-    }
-    async fn release(&self, cid: &str, owner_token: &str, idem_key: &str) -> Result<bool, StoreError> {
-        Ok(self.store.release_now(cid, owner_token, idem_key))
-    }
-    async fn extend(&self, cid: &str, owner_token: &str, idem_key: &str, ttl_ms: u64) -> Result<bool, StoreError> {
-        Ok(self.store.extend_now(cid, owner_token, idem_key, ttl_ms))
-    }
-    async fn admit(&self, user: &str, cid: &str, max: u64) -> Result<bool, StoreError> {
-        Ok(self.store.admit_now(user, cid, max))
-    }
-    async fn active(&self, user: &str) -> Result<orchestrator::store::ActiveList, StoreError> {
-        Ok(self.store.active_now(user))
-    }
-    async fn dismiss(&self, user: &str, cid: &str) -> Result<(), StoreError> {
-        self.store.dismiss_now(user, cid);
-        Ok(())
-    }
-    async fn cancel(&self, a: &orchestrator::store::CancelArgs<'_>) -> Result<orchestrator::store::CancelOutcome, StoreError> {
-        let outcome = self.store.cancel_now(a);
-        if let (orchestrator::store::CancelOutcome::Cancelled { fence }, Some(w)) = (&outcome, &a.write) {
-            self.history.push(Ev::ModelCommit {
-                cid: a.cid.into(),
-                fence: *fence,
-                version: w.record.state.version,
-                idem_key: String::new(),
-                record: serde_json::to_value(w.record).unwrap_or_default(),
-            });
-        }
-        Ok(outcome)
-    }
-    async fn outbox_intend(&self, cid: &str, due_in_ms: u64) -> Result<(), StoreError> {
-        self.store.outbox_intend_now(cid, due_in_ms);
-        Ok(())
-    }
-    async fn outbox_claim(&self, max: usize, claim_ms: u64) -> Result<Vec<orchestrator::store::OutboxEntry>, StoreError> {
-        Ok(self.store.outbox_claim_now(max, claim_ms))
-    }
-    async fn outbox_done(&self, cid: &str) -> Result<(), StoreError> {
-        self.store.outbox_done_now(cid);
-        Ok(())
-    }
-    async fn outbox_later(&self, cid: &str, after_ms: u64) -> Result<(), StoreError> {
-        self.store.outbox_later_now(cid, after_ms);
-        Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_harsher_of_two_link_faults_wins() {
+        assert_eq!(Link::RepliesLost.and(Link::Cut), Link::Cut);
+        assert_eq!(Link::Whole.and(Link::RepliesLost), Link::RepliesLost);
+        assert_eq!(Link::Whole.and(Link::Whole), Link::Whole);
     }
 }

@@ -3,7 +3,7 @@
 //! sent on its own connection: the Redis model runs it as it runs any script.
 
 use super::KnownBug;
-use crate::net::TurmoilConnector;
+use crate::workers::orchsim::TurmoilConnector;
 use orchestrator::net::Connector;
 use orchestrator::store::{
     keys, BeginArgs, BeginOutcome, CancelArgs, CancelOutcome, CancelWrite, CommitArgs, CommitOutcome, ConversationRecord, Store, StoreError,
@@ -37,7 +37,7 @@ pub struct BugSettings {
     /// Deadline for the side connection's dial and reply.
     pub timeout_ms: u64,
     /// The effects sink (`SubmitBeforeCommit` submits from inside the commit).
-    pub sink: Arc<crate::sink::SimSink>,
+    pub sink: Arc<crate::world::sink::SimSink>,
 }
 
 /// One turn's Begin as this worker saw it, keyed by the turn's owner token.

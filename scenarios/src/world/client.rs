@@ -5,9 +5,9 @@
 //!
 //! Field values are tagged `<user>.<conversation>.<field>` so any cross-user leak shows.
 
-use crate::faults::FaultPlan;
 use crate::history::{sim_now_ms, Ev, History, Manner, Meant};
-use crate::net::TurmoilConnector;
+use crate::workers::orchsim::TurmoilConnector;
+use crate::world::faults::FaultPlan;
 use crate::world::Options;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -13,8 +13,8 @@ mod reader;
 
 pub use reader::{read, Seen};
 
-use crate::faults::FaultPlan;
 use crate::history::{sim_now_ms, Ev, History};
+use crate::world::faults::FaultPlan;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

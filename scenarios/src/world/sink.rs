@@ -6,8 +6,8 @@
 //! (nothing applied), an acknowledgement that comes after the worker gave up, or none at all
 //! (the effect applied either way).
 
-use crate::faults::FaultPlan;
 use crate::history::{Ev, History};
+use crate::world::faults::FaultPlan;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

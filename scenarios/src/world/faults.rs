@@ -4,6 +4,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use sim::shrink::{half, Halve, DURATION_MIN_MS};
+use sim::world::Link;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "snake_case")]
@@ -83,8 +85,8 @@ impl FaultKind {
 /// A host's network and process condition at one instant, as the plan wants it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostFaults {
-    /// Cut off from Redis: `Some(false)` both ways, `Some(true)` Redis's replies only.
-    pub redis_partition: Option<bool>,
+    /// The worker's link to Redis (`RepliesLost`: Redis's replies to it are lost).
+    pub redis_partition: Link,
     pub down: bool,
 }
 
@@ -227,7 +229,7 @@ impl FaultPlan {
             match f {
                 Fault::RedisPartition { worker: w, duration_ms, oneway } if *w == worker && now_ms >= *at && now_ms < at + duration_ms => {
                     // Both ways wins over one way when episodes overlap.
-                    h.redis_partition = Some(h.redis_partition.unwrap_or(true) && *oneway);
+                    h.redis_partition = h.redis_partition.and(Link::of_oneway(*oneway));
                 }
                 Fault::WorkerCrash { worker: w, down_ms } if *w == worker && now_ms >= *at && now_ms < at + down_ms => h.down = true,
                 _ => {}
@@ -236,17 +238,17 @@ impl FaultPlan {
         h
     }
 
-    /// The link between client `client` and worker `worker` at `now_ms`: `Some(false)` cut
-    /// both ways, `Some(true)` the worker's answers lost, `None` whole (always after the heal).
-    pub fn client_link(&self, client: usize, worker: usize, now_ms: u64, heal_at_ms: u64) -> Option<bool> {
+    /// The link between client `client` and worker `worker` at `now_ms` (`RepliesLost`: the
+    /// worker's answers are lost); whole after the heal.
+    pub fn client_link(&self, client: usize, worker: usize, now_ms: u64, heal_at_ms: u64) -> Link {
         if now_ms >= heal_at_ms {
-            return None;
+            return Link::Whole;
         }
-        let mut cut = None;
+        let mut cut = Link::Whole;
         for (at, f) in &self.faults {
             if let Fault::ClientPartition { client: c, worker: w, duration_ms, oneway } = f {
                 if *c == client && *w == worker && now_ms >= *at && now_ms < at + duration_ms {
-                    cut = Some(cut.unwrap_or(true) && *oneway);
+                    cut = cut.and(Link::of_oneway(*oneway));
                 }
             }
         }
@@ -312,12 +314,131 @@ mod tests {
                 (50, Fault::RedisCrash { down_ms: 100 }),
             ],
         };
-        assert_eq!(p.worker_faults(1, 150, 10_000).redis_partition, Some(true));
-        assert_eq!(p.worker_faults(1, 350, 10_000).redis_partition, Some(false));
-        assert_eq!(p.worker_faults(1, 650, 10_000).redis_partition, None);
+        assert_eq!(p.worker_faults(1, 150, 10_000).redis_partition, Link::RepliesLost);
+        assert_eq!(p.worker_faults(1, 350, 10_000).redis_partition, Link::Cut);
+        assert_eq!(p.worker_faults(1, 650, 10_000).redis_partition, Link::Whole);
         assert!(p.worker_faults(0, 250, 10_000).down);
         assert!(!p.worker_faults(0, 250, 240).down, "healed");
         assert!(!p.worker_faults(2, 250, 10_000).down);
         assert!(p.redis_down(100, 10_000) && !p.redis_down(150, 10_000));
+    }
+}
+impl Halve for Fault {
+    fn halved(&self) -> Option<Self> {
+        let f = self;
+        Some(match f {
+            Fault::CopilotLatencySpike { duration_ms, latency_ms } => {
+                Fault::CopilotLatencySpike { duration_ms: half(*duration_ms)?, latency_ms: *latency_ms }
+            }
+            Fault::CopilotMisbehaves { duration_ms, pct } => Fault::CopilotMisbehaves { duration_ms: half(*duration_ms)?, pct: *pct },
+            Fault::Duplicates { duration_ms, concurrent_pct, late_pct } => {
+                Fault::Duplicates { duration_ms: half(*duration_ms)?, concurrent_pct: *concurrent_pct, late_pct: *late_pct }
+            }
+            Fault::ClientPartition { client, worker, duration_ms, oneway } => {
+                Fault::ClientPartition { client: *client, worker: *worker, duration_ms: half(*duration_ms)?, oneway: *oneway }
+            }
+            Fault::RedisPartition { worker, duration_ms, oneway } => {
+                Fault::RedisPartition { worker: *worker, duration_ms: half(*duration_ms)?, oneway: *oneway }
+            }
+            Fault::RedisClockJump { delta_ms } => {
+                let d = delta_ms / 2;
+                if d.unsigned_abs() < DURATION_MIN_MS {
+                    return None;
+                }
+                Fault::RedisClockJump { delta_ms: d }
+            }
+            Fault::WorkerClockSkew { worker, jump_ms, drift_pct } => {
+                if jump_ms.unsigned_abs() / 2 < DURATION_MIN_MS && drift_pct.abs() / 2 == 0 {
+                    return None;
+                }
+                Fault::WorkerClockSkew { worker: *worker, jump_ms: jump_ms / 2, drift_pct: drift_pct / 2 }
+            }
+            Fault::WorkerCrash { worker, down_ms } => Fault::WorkerCrash { worker: *worker, down_ms: half(*down_ms)? },
+            Fault::RedisCrash { down_ms } => Fault::RedisCrash { down_ms: half(*down_ms)? },
+            Fault::SinkOutage { duration_ms } => Fault::SinkOutage { duration_ms: half(*duration_ms)? },
+            Fault::SinkMisbehaves { duration_ms, pct } => Fault::SinkMisbehaves { duration_ms: half(*duration_ms)?, pct: *pct },
+        })
+    }
+}
+
+/// A `oneway` flag of a partition fault as a link state.
+trait OneWay {
+    fn of_oneway(oneway: bool) -> Link;
+}
+
+impl OneWay for Link {
+    fn of_oneway(oneway: bool) -> Link {
+        if oneway {
+            Link::RepliesLost
+        } else {
+            Link::Cut
+        }
+    }
+}
+
+/// A shrunk plan and the simulations it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shrunk {
+    pub plan: FaultPlan,
+    pub runs: u32,
+}
+
+impl FaultPlan {
+    /// This failing plan cut down with [`sim::shrink::shrink`] to the faults the failure needs.
+    pub fn shrink(&self, mut still_fails: impl FnMut(&FaultPlan) -> bool) -> Shrunk {
+        let s = sim::shrink::shrink(&self.faults, |faults| still_fails(&FaultPlan { faults: faults.to_vec() }));
+        Shrunk { plan: FaultPlan { faults: s.faults }, runs: s.runs }
+    }
+}
+
+#[cfg(test)]
+mod shrink_tests {
+    use super::*;
+
+    fn plan() -> FaultPlan {
+        FaultPlan {
+            faults: vec![
+                (100, Fault::CopilotLatencySpike { duration_ms: 4_000, latency_ms: 5_000 }),
+                (200, Fault::Duplicates { duration_ms: 3_000, concurrent_pct: 30, late_pct: 30 }),
+                (300, Fault::RedisPartition { worker: 1, duration_ms: 6_000, oneway: true }),
+                (400, Fault::RedisClockJump { delta_ms: 4_000 }),
+                (500, Fault::WorkerCrash { worker: 0, down_ms: 2_000 }),
+                (600, Fault::RedisCrash { down_ms: 1_000 }),
+            ],
+        }
+    }
+
+    #[test]
+    fn keeps_exactly_the_faults_the_failure_needs_and_halves_them_to_the_edge() {
+        // The "failure": a partition of worker 1 lasting at least 1000 ms together with a
+        // forward clock jump.
+        let fails = |p: &FaultPlan| {
+            let part =
+                p.faults.iter().any(|(_, f)| matches!(f, Fault::RedisPartition { worker: 1, duration_ms, .. } if *duration_ms >= 1_000));
+            let jump = p.faults.iter().any(|(_, f)| matches!(f, Fault::RedisClockJump { delta_ms } if *delta_ms > 0));
+            part && jump
+        };
+        assert!(fails(&plan()));
+        let s = plan().shrink(fails);
+        assert!(fails(&s.plan));
+        assert_eq!(s.plan.faults.len(), 2, "{:?}", s.plan);
+        assert_eq!(s.plan.faults[0], (300, Fault::RedisPartition { worker: 1, duration_ms: 1_500, oneway: true }));
+        assert_eq!(s.plan.faults[1], (400, Fault::RedisClockJump { delta_ms: 62 }));
+        assert!(s.runs < sim::shrink::RUNS_MAX);
+    }
+
+    #[test]
+    fn every_kind_of_fault_halves_down_to_a_floor() {
+        for (_, f) in plan().faults {
+            let mut g = f.clone();
+            let mut n = 0;
+            while let Some(h) = g.halved() {
+                assert_ne!(h, g);
+                g = h;
+                n += 1;
+                assert!(n < 64, "{f:?} never stops halving");
+            }
+            assert!(n > 0, "{f:?} did not halve at all");
+        }
     }
 }

@@ -2,9 +2,9 @@
 //! report a person reads: invariant, evidence, seed, options, fault plan, trace file and one
 //! command that replays exactly this run.
 
-use crate::checkers::{check, Violation};
-use crate::faults::FaultPlan;
+use crate::checks::{check, Violation};
 use crate::history::{json_lines, trace_hash, Entry, Ev, HostChange, Manner};
+use crate::world::faults::FaultPlan;
 use crate::world::{self, Options};
 use serde::Serialize;
 use std::collections::BTreeMap;
