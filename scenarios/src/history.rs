@@ -2,8 +2,7 @@
 //! Copilot call, transition, commit, replay, submission), stamped with simulated time.
 //! Observers read it after the run; checkers never drive the run.
 
-use orchestrator::turn::Extracted;
-use orchestrator::workflow::Step;
+use crate::contract::{Extracted, Step};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

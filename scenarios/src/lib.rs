@@ -7,6 +7,7 @@
 //! - [`world`] — options → one turmoil simulation: hosts `redis`, `copilot`, `sink`,
 //!   `worker-N`, `client-N`; [`world::client`], [`world::copilot_host`], [`world::sink`],
 //!   [`world::faults`].
+//! - [`contract`] — the HTTP contract's shapes and bounds, restated from the specification.
 //! - [`history`] — the events a run records.
 //! - [`checks`] — the invariants, read from the history after the run.
 //! - [`report`] — a run's verdict, failure report and replay command.
@@ -14,6 +15,7 @@
 //! - [`suite`] — named scenarios and their expectations.
 
 pub mod checks;
+pub mod contract;
 pub mod history;
 pub mod report;
 pub mod suite;

@@ -116,7 +116,7 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::Invoke { manner: Some(Manner::HalfClosed | Manner::Slow { .. }), .. } => add("half-closed or slow requests", 1),
             Ev::ModelCommit { record, .. }
                 if record["state"]["step"] == "needs_human"
-                    && record["state"]["turns"].as_u64() == Some(u64::from(orchestrator::workflow::TURNS_MAX)) =>
+                    && record["state"]["turns"].as_u64() == Some(u64::from(crate::contract::TURNS_MAX)) =>
             {
                 add("turn limits reached", 1)
             }
@@ -158,9 +158,7 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             }
             Ev::SinkReceived { accepted: false, .. } => add("duplicate submissions de-duplicated", 1),
             Ev::SinkReceived { accepted: true, .. } => add("submissions", 1),
-            Ev::Transition { from, to: orchestrator::workflow::Step::NeedsHuman, .. } if !from.is_terminal() => {
-                add("no-signal hand-offs", 1)
-            }
+            Ev::Transition { from, to: crate::contract::Step::NeedsHuman, .. } if !from.is_terminal() => add("no-signal hand-offs", 1),
             Ev::HostFault { change, .. } if change.broken_link() == Some("redis") => add("redis partitions", 1),
             Ev::HostFault { change, .. } if change.broken_link().is_some_and(|p| p.starts_with("worker-")) => add("client links cut", 1),
             Ev::HostFault { host, change: HostChange::Crashed } => add(if host == "redis" { "redis crashes" } else { "worker crashes" }, 1),

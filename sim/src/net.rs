@@ -55,3 +55,25 @@ impl axum::serve::Listener for TurmoilListener {
         self.0.local_addr()
     }
 }
+
+/// Serves `router` on `listener` over HTTP/1.1 the way a simulated infrastructure host should:
+/// no `Date` header (it would read the wall clock), half-closed requests answered, a header
+/// read deadline of [`HEADER_READ_TIMEOUT_MS`] on the simulated timer.
+pub async fn serve(mut listener: TurmoilListener, router: axum::Router) {
+    use axum::serve::Listener as _;
+    loop {
+        let (io, _) = listener.accept().await;
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.auto_date_header(false)
+                .half_close(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+            let _ = b.serve_connection(hyper_util::rt::TokioIo::new(io), svc).await;
+        });
+    }
+}
+
+/// How long [`serve`] waits for a request's head.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;

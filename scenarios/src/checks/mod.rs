@@ -18,9 +18,9 @@ pub use spec_oracle::{spec_oracle, SPEC_ORACLE};
 pub use turns_end::{turns_end, TURNS_END};
 pub use user_said::{user_said, USER_SAID};
 
+use crate::contract::{Step, NO_SIGNAL_STREAK_MAX};
 use crate::history::{Entry, Ev, HostChange, Manner};
 use crate::world::RunOutput;
-use orchestrator::workflow::{Step, NO_SIGNAL_STREAK_MAX};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -194,7 +194,7 @@ pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
         if let Ev::Transition { cid, fence, events, .. } = &e.ev {
             let none = events
                 .iter()
-                .all(|x| x.kind == "no_signal" || (x.kind == "field" && x.confidence == Some(orchestrator::workflow::Confidence::Low)));
+                .all(|x| x.kind == "no_signal" || (x.kind == "field" && x.confidence == Some(crate::contract::Confidence::Low)));
             signals.insert((cid.as_str(), *fence), !none);
         }
     }
@@ -279,14 +279,14 @@ fn allowed(from: Step, to: Step) -> bool {
 /// changed field needs a high-confidence event (or a plain yes/no) in that very turn.
 pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
-    let mut turns: BTreeMap<(&str, u64), &Vec<orchestrator::turn::Extracted>> = BTreeMap::new();
+    let mut turns: BTreeMap<(&str, u64), &Vec<crate::contract::Extracted>> = BTreeMap::new();
     for e in &out.history {
         if let Ev::Transition { worker, cid, fence, from, to, events, .. } = &e.ev {
             turns.insert((cid.as_str(), *fence), events);
             if !allowed(*from, *to) {
                 found.push(v(VALID_TRANSITIONS, e.t_ms, format!("{worker}: conversation {cid} moved {from:?} -> {to:?} (fence {fence})")));
             }
-            let high = events.iter().any(|x| x.kind == "field" && x.confidence == Some(orchestrator::workflow::Confidence::High));
+            let high = events.iter().any(|x| x.kind == "field" && x.confidence == Some(crate::contract::Confidence::High));
             let why = match to {
                 Step::Confirming if *from == Step::Gathering => high,
                 Step::Succeeded if *from != Step::Succeeded => events.iter().any(|x| x.kind == "confirmed"),
@@ -330,7 +330,7 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
                             x.kind == "field"
                                 && x.field.as_deref() == Some(field)
                                 && x.value.as_deref() == value.as_str()
-                                && x.confidence == Some(orchestrator::workflow::Confidence::High)
+                                && x.confidence == Some(crate::contract::Confidence::High)
                         })
                     });
                     if !justified {
@@ -621,15 +621,15 @@ pub fn check(out: &RunOutput) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::Conversation as ConversationRecord;
+    use crate::contract::Extracted;
+    use crate::contract::{Confidence, WorkflowState};
     use crate::history::Meant;
-    use orchestrator::store::ConversationRecord;
-    use orchestrator::turn::Extracted;
-    use orchestrator::workflow::{workflow, Confidence, WorkflowState};
     use serde_json::json;
 
     /// A small clean history: alice creates c1 and sets her email in one turn.
     fn clean() -> RunOutput {
-        let mut state = WorkflowState::new(workflow("lead").unwrap());
+        let mut state = WorkflowState::new("lead");
         state.collected_data.insert("email".into(), "alice.c0.email".into());
         state.version = 1;
         state.turns = 1;

@@ -5,10 +5,9 @@
 //! streak and turn count.
 
 use super::{v, Violation};
+use crate::contract::{Confidence, Extracted};
 use crate::history::Ev;
 use crate::world::RunOutput;
-use orchestrator::turn::Extracted;
-use orchestrator::workflow::Confidence;
 use serde_json::Value;
 use std::collections::BTreeMap;
 

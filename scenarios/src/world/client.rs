@@ -5,14 +5,12 @@
 //!
 //! Field values are tagged `<user>.<conversation>.<field>` so any cross-user leak shows.
 
+use crate::contract::{self, Step};
 use crate::history::{sim_now_ms, Ev, History, Manner, Meant};
-use crate::workers::orchsim::TurmoilConnector;
 use crate::world::faults::FaultPlan;
 use crate::world::Options;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use orchestrator::net::Connector;
-use orchestrator::workflow::{self, Step};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -241,7 +239,7 @@ impl Client {
             return self.request_by_hand(req, &host, &r, manner).await;
         }
         let fut = async {
-            let io = TurmoilConnector.connect(&host, 80).await.map_err(|e| format!("connect: {e}"))?;
+            let io = sim::net::connect(&host, 80).await.map_err(|e| format!("connect: {e}"))?;
             let (mut tx, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(async move {
@@ -309,7 +307,7 @@ impl Client {
             _ => vec![(bytes.len(), 0)],
         };
         let fut = async {
-            let mut io = TurmoilConnector.connect(host, 80).await.map_err(|e| format!("connect: {e}"))?;
+            let mut io = sim::net::connect(host, 80).await.map_err(|e| format!("connect: {e}"))?;
             let mut from = 0;
             for (to, pause) in pieces {
                 io.write_all(&bytes[from..to]).await.map_err(|e| format!("send: {e}"))?;
@@ -482,7 +480,7 @@ impl Client {
     /// The user's script, then turns until the conversation is terminal; the newest answer.
     async fn drive(self: &Arc<Self>, user: &str, conv: usize, cid: &str, wf: &str, kp: &str) -> Option<Value> {
         let (user, cid) = (user.to_string(), cid.to_string());
-        let fields = workflow::workflow(wf).map(|w| w.required).unwrap_or(&[]);
+        let fields = contract::required_fields(wf).unwrap_or(&[]);
         // The script: every field (random order), noise, then yes (or rarely no).
         let mut order: Vec<&str> = fields.to_vec();
         for i in (1..order.len()).rev() {
@@ -544,7 +542,7 @@ impl Client {
         // A mumbler opens with more no-signal turns than the streak bound allows: the machine
         // must hand the conversation to a human.
         if self.chance(self.shared.opts.mumble_pct) {
-            for m in 0..=workflow::NO_SIGNAL_STREAK_MAX {
+            for m in 0..=contract::NO_SIGNAL_STREAK_MAX {
                 let r = self.turn(&user, &cid, &format!("{kp}-m{m}"), &Said::nothing("hmm")).await;
                 answered = r.is_some();
                 last = newest(last, r);

@@ -5,20 +5,18 @@
 //! Every random choice comes from a ChaCha stream derived from the seed; turmoil gets
 //! `rng_seed` and a fixed `epoch`; host runtimes are seeded through `tokio_unstable`.
 
+use crate::contract::Conversation;
 use crate::history::{Entry, Ev, History, HostChange};
-use crate::workers::known_bugs::BugSettings;
-use crate::workers::orchsim::{RecordedMem, TurmoilConnector, Worker};
+use crate::workers::orchsim::Orchsim;
+use crate::workers::{Deploy, Deployment, Endpoint, HostClock, Settings, Worker, WorkerHost};
 use crate::world::client::{run_client, token_of, Shared};
 use crate::world::copilot_host::CopilotHost;
 use crate::world::faults::{FaultKind, FaultPlan, HostFaults};
-use crate::world::sink::{SimSink, SinkHost};
-use orchestrator::http::serve;
-use orchestrator::store::{ConversationRecord, MemStore, RedisConfig, RedisStore};
-use orchestrator::{HttpCopilot, TurnConfig};
+use crate::world::sink::{SimSink, SinkHost, SINK_TIMEOUT_MS};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sim::net::TurmoilListener;
-use sim::redis_model::{self, Durability, Model, WriteOp};
+use sim::redis_model::{self, Durability, Model};
 use sim::world::{power_off, set_link, Link, SimConfig};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -151,19 +149,6 @@ impl Options {
             + 4 * self.net_latency_ms.1
             + self.tick_ms
     }
-
-    pub fn turn_config(&self) -> TurnConfig {
-        TurnConfig {
-            lease_ttl_ms: self.lease_ttl_ms,
-            lease_extend_every_ms: self.lease_extend_every_ms,
-            copilot_timeout_ms: self.copilot_timeout_ms,
-            acquire_deadline_ms: self.acquire_deadline_ms,
-            // Relays retry within seconds here (production: a claim of 15 s, a poll a second).
-            relay_every_ms: 500,
-            relay_claim_ms: 2_000,
-            ..TurnConfig::default()
-        }
-    }
 }
 
 pub use sim::world::stream;
@@ -173,7 +158,6 @@ pub const STREAM_COPILOT: u64 = 2;
 pub const STREAM_WORKERS: u64 = 3;
 pub const STREAM_TURMOIL: u64 = 4;
 pub const STREAM_OPTIONS: u64 = 5;
-pub const STREAM_BUGS: u64 = 6;
 pub const STREAM_ATTACKERS: u64 = 7;
 pub const STREAM_PEOPLE: u64 = 8;
 pub const STREAM_SINK: u64 = 9;
@@ -192,8 +176,8 @@ pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
 #[derive(Debug, Clone)]
 pub struct RunOutput {
     pub history: Vec<Entry>,
-    /// Final record of every conversation the clients created, from the Redis model.
-    pub finals: BTreeMap<String, Option<ConversationRecord>>,
+    /// What every conversation the clients created ended as, as the worker's storage reads.
+    pub finals: BTreeMap<String, Option<Conversation>>,
     pub owners: BTreeMap<String, String>,
     /// How many conversations each user set out to create (from the options).
     pub workload: BTreeMap<String, u64>,
@@ -206,24 +190,27 @@ pub struct RunOutput {
     pub error: Option<String>,
 }
 
-/// A worker host's own clock: simulated time as that host sees it, plus the plan's skew for
-/// the worker (jumps and drift, until the heal).
-struct WorkerClock {
-    plan: Arc<FaultPlan>,
-    worker: usize,
-    heal_at_ms: u64,
-    /// Where the run ended: the time the harness reads the embedded store at afterwards.
-    end_ms: Arc<AtomicU64>,
-}
-
-impl orchestrator::Clock for WorkerClock {
-    fn now_ms(&self) -> u64 {
-        let t = turmoil::sim_elapsed().map_or_else(|| self.end_ms.load(std::sync::atomic::Ordering::SeqCst), |d| d.as_millis() as u64);
-        t.saturating_add_signed(self.plan.worker_clock_offset_ms(self.worker, t, self.heal_at_ms))
+/// The workers' settings from the options.
+impl Options {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            lease_ttl_ms: self.lease_ttl_ms,
+            lease_extend_every_ms: self.lease_extend_every_ms,
+            copilot_timeout_ms: self.copilot_timeout_ms,
+            acquire_deadline_ms: self.acquire_deadline_ms,
+            redis_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
+            sink_timeout_ms: SINK_TIMEOUT_MS,
+        }
     }
 }
 
+/// Runs orchsim's orchestrator (with `opts.known_bug`, if any) in the world of `opts`.
 pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
+    run_worker(&Orchsim { bug: opts.known_bug }, opts, plan, seed)
+}
+
+/// Runs `worker` in the world of `opts` under `plan`.
+pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     let history = History::new();
     let mut turmoil_rng = stream(seed, STREAM_TURMOIL);
     let cfg = SimConfig {
@@ -262,8 +249,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.host("copilot", move || {
             let host = host.clone();
             async move {
-                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
-                serve(listener, copilot_host::router(host)).await;
+                sim::net::serve(TurmoilListener::bind(HTTP_PORT).await?, copilot_host::router(host)).await;
                 Ok(())
             }
         });
@@ -280,8 +266,7 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.host("sink", move || {
             let host = host.clone();
             async move {
-                let listener = TurmoilListener(turmoil::net::TcpListener::bind(("0.0.0.0", HTTP_PORT)).await?);
-                serve(listener, crate::world::sink::router(host)).await;
+                sim::net::serve(TurmoilListener::bind(HTTP_PORT).await?, crate::world::sink::router(host)).await;
                 Ok(())
             }
         });
@@ -298,58 +283,33 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         }
     }
     let mut worker_rng = stream(seed, STREAM_WORKERS);
-    let mut mems: Vec<Arc<MemStore>> = Vec::new();
     let end_ms = Arc::new(AtomicU64::new(0));
+    let deployment: Arc<dyn Deployment> =
+        worker.deploy(&Deploy { seed, workers: opts.workers, redis: !embedded, settings: opts.settings() }).into();
     for w in 0..opts.workers {
         let name = format!("worker-{w}");
         let worker_seed: u64 = worker_rng.random();
-        let (history, sink, tokens, cfg) = (history.clone(), sink.clone(), users.clone(), opts.turn_config());
-        let copilot_timeout_ms = opts.copilot_timeout_ms;
-        let clock: Arc<dyn orchestrator::Clock> =
-            Arc::new(WorkerClock { plan: plan.clone(), worker: w, heal_at_ms: opts.heal_at_ms, end_ms: end_ms.clone() });
-        // The embedded store lives in the worker, on the worker's own clock.
-        let mem = embedded.then(|| Arc::new(MemStore::new(clock.clone())));
-        if let Some(m) = &mem {
-            mems.push(m.clone());
-        }
-        let bug = BugSettings {
-            bug: opts.known_bug,
-            clock: clock.clone(),
-            lease_ttl_ms: cfg.lease_ttl_ms,
-            acquire_deadline_ms: cfg.acquire_deadline_ms,
-            acquire_backoff_max_ms: cfg.acquire_backoff_max_ms,
-            redis_host: "redis".into(),
-            redis_port: REDIS_PORT,
-            timeout_ms: 1_000,
-            sink: sink.clone(),
+        let plan_for_clock = plan.clone();
+        let heal_at_ms = opts.heal_at_ms;
+        let clock = HostClock {
+            at: Arc::new(move |t| t.saturating_add_signed(plan_for_clock.worker_clock_offset_ms(w, t, heal_at_ms))),
+            end_ms: end_ms.clone(),
         };
-        sim.host(format!("worker-{w}"), move || {
-            let (history, sink, tokens, cfg, name) = (history.clone(), sink.clone(), tokens.clone(), cfg.clone(), name.clone());
-            let bug = bug.clone();
-            let mem = mem.clone();
-            async move {
-                let copilot = HttpCopilot::new(TurmoilConnector, &format!("http://copilot:{HTTP_PORT}/v1/reply"), copilot_timeout_ms)
-                    .map_err(|e| e.to_string())?;
-                let worker = Worker { name, history, sink, tokens, cfg, bug, seed: worker_seed };
-                match mem {
-                    Some(store) => {
-                        let history = worker.history.clone();
-                        worker.serve(RecordedMem { store, history }, copilot).await
-                    }
-                    None => {
-                        let redis_cfg = RedisConfig {
-                            connect_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
-                            response_timeout_ms: REDIS_RESPONSE_TIMEOUT_MS,
-                            reconnect_backoff_base_ms: 50,
-                            reconnect_backoff_max_ms: 1_000,
-                        };
-                        let url = format!("redis://redis:{REDIS_PORT}");
-                        let store =
-                            RedisStore::with_connector(TurmoilConnector, &url, redis_cfg, worker_seed).map_err(|e| e.to_string())?;
-                        worker.serve(store, copilot).await
-                    }
-                }
-            }
+        let (history, tokens, settings, deployment) = (history.clone(), users.clone(), opts.settings(), deployment.clone());
+        sim.host(name.clone(), move || {
+            deployment.serve(WorkerHost {
+                index: w,
+                name: name.clone(),
+                port: HTTP_PORT,
+                redis: (!embedded).then(|| Endpoint { host: "redis".into(), port: REDIS_PORT, path: "" }),
+                copilot: Endpoint { host: "copilot".into(), port: HTTP_PORT, path: "/v1/reply" },
+                sink: Endpoint { host: "sink".into(), port: HTTP_PORT, path: "/submit" },
+                clock: clock.clone(),
+                seed: worker_seed,
+                tokens: tokens.clone(),
+                settings,
+                history: history.clone(),
+            })
         });
     }
 
@@ -366,16 +326,13 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
         sim.client(format!("client-{c}"), run_client(shared, c));
     }
     if plan.has_sink_faults() {
-        // Not a user: keeps the world running after the heal until the outbox is empty (every
-        // pending submission delivered and cleared), or for `SINK_SETTLE_MS` at most.
+        // Not a user: keeps the world running after the heal until no effect is owed any more
+        // (every pending submission delivered and cleared), or for `SINK_SETTLE_MS` at most.
         let (heal, until) = (opts.heal_at_ms, opts.heal_at_ms + SINK_SETTLE_MS);
-        let (model, mem, plan) = (model.clone(), mems.first().cloned(), plan.clone());
-        let outbox_empty = move |now: u64| match &mem {
-            Some(m) => m.outbox_len() == 0,
-            None => {
-                let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
-                m.peek_hash_len(orchestrator::store::keys::OUTBOX.as_bytes(), plan.redis_now_ms(now)) == 0
-            }
+        let (model, plan, deployment) = (model.clone(), plan.clone(), deployment.clone());
+        let outbox_empty = move |now: u64| {
+            let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
+            !deployment.effects_pending((!embedded).then_some(&mut *m), plan.redis_now_ms(now))
         };
         sim.client("settle", async move {
             loop {
@@ -396,19 +353,11 @@ pub fn run(opts: &Options, plan: &FaultPlan, seed: u64) -> RunOutput {
     let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
     let mut entries = history.entries();
     // The commits the model applied, read from its write log, join the history.
-    entries.extend(applied_commits(model.writes()));
+    entries.extend(deployment.applied_writes(model.writes()));
     entries.sort_by_key(|e| e.t_ms);
     let mut finals = BTreeMap::new();
     for cid in owners.keys() {
-        let rec = match mems.first() {
-            Some(m) => m.load_now(cid),
-            None => {
-                let key = orchestrator::store::keys::state(cid);
-                // Read on the Redis host's clock at the end of the run: a finished conversation
-                // expires only after its retention.
-                model.peek_hash_field(key.as_bytes(), b"record", plan.redis_now_ms(sim_ms)).and_then(|r| serde_json::from_slice(&r).ok())
-            }
-        };
+        let rec = deployment.conversation((!embedded).then_some(&mut *model), plan.redis_now_ms(sim_ms), cid);
         finals.insert(cid.clone(), rec);
     }
     // Users create `conversations_per_user` each; an attacker creates one of its own.
@@ -530,54 +479,4 @@ fn run_with_faults(
             Err(e) => return Some(e.to_string()),
         }
     }
-}
-
-/// orchsim's reading of the model's write log: a commit is a write of a conversation's
-/// `record` field to its state hash by a command that did not create it (creation writes the
-/// owner too). Its fence is the value the conversation's fence counter held when it applied
-/// (the newest lease taken), which the record's own `writerFence` must equal; its idempotency
-/// key is the key the same command wrote.
-pub fn applied_commits(writes: &[redis_model::Write]) -> Vec<Entry> {
-    let state_prefix = format!("{}:", orchestrator::store::keys::STATE);
-    let fence_prefix = format!("{}:", orchestrator::store::keys::FENCE);
-    let cid_of = |key: &str, prefix: &str| {
-        key.strip_prefix(prefix).and_then(|r| r.strip_prefix("{c:")).and_then(|r| r.strip_suffix('}')).map(String::from)
-    };
-    let mut fences: BTreeMap<String, u64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, w) in writes.iter().enumerate() {
-        let key = String::from_utf8_lossy(&w.key);
-        if let Some(cid) = cid_of(&key, &fence_prefix) {
-            let value = match &w.op {
-                WriteOp::Set(v) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
-                WriteOp::Lost(Some(redis_model::Value::Str(v))) => std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()),
-                WriteOp::Del | WriteOp::Lost(None) => Some(0),
-                _ => None,
-            };
-            if let Some(f) = value {
-                fences.insert(cid, f);
-            }
-            continue;
-        }
-        let Some(cid) = cid_of(&key, &state_prefix) else { continue };
-        let WriteOp::HSet(pairs) = &w.op else { continue };
-        if pairs.iter().any(|(f, _)| f == b"owner") {
-            continue;
-        }
-        let Some((_, record)) = pairs.iter().find(|(f, _)| f == b"record") else { continue };
-        let record: serde_json::Value = serde_json::from_slice(record).unwrap_or_default();
-        let version = record["state"]["version"].as_u64().unwrap_or(0);
-        // Writes of one command are contiguous in the log.
-        let lo = writes[..i].iter().rposition(|o| o.command != w.command).map_or(0, |p| p + 1);
-        let hi = writes[i..].iter().position(|o| o.command != w.command).map_or(writes.len(), |p| i + p);
-        let idem_key = writes[lo..hi]
-            .iter()
-            .filter(|o| o.key.starts_with(b"idem:") && matches!(o.op, WriteOp::Set(_)))
-            .map(|o| String::from_utf8_lossy(&o.key).into_owned())
-            .next()
-            .unwrap_or_default();
-        let fence = fences.get(&cid).copied().unwrap_or(0);
-        out.push(Entry { t_ms: w.at_ms, ev: Ev::ModelCommit { cid, fence, version, idem_key, record } });
-    }
-    out
 }

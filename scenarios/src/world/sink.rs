@@ -6,6 +6,7 @@
 //! (nothing applied), an acknowledgement that comes after the worker gave up, or none at all
 //! (the effect applied either way).
 
+use crate::contract::Submission;
 use crate::history::{Ev, History};
 use crate::world::faults::FaultPlan;
 use axum::body::Bytes;
@@ -13,7 +14,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use orchestrator::effects::{Effects, EffectsError, Submission, SubmitOutcome};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -73,14 +73,6 @@ impl SimSink {
             fault: fault.map(|f| f.name().to_string()),
         });
         fresh
-    }
-}
-
-/// In-process delivery (no network, no faults): what a harness-side decorator uses to reach
-/// the sink from inside a worker.
-impl Effects for SimSink {
-    async fn submit(&self, s: &Submission) -> Result<SubmitOutcome, EffectsError> {
-        Ok(if self.receive(s, None) { SubmitOutcome::Accepted } else { SubmitOutcome::Duplicate })
     }
 }
 

@@ -37,7 +37,7 @@ pub struct BugSettings {
     /// Deadline for the side connection's dial and reply.
     pub timeout_ms: u64,
     /// The effects sink (`SubmitBeforeCommit` submits from inside the commit).
-    pub sink: Arc<crate::world::sink::SimSink>,
+    pub sink: Arc<orchestrator::WebhookEffects<TurmoilConnector>>,
 }
 
 /// One turn's Begin as this worker saw it, keyed by the turn's owner token.

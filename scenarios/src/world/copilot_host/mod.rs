@@ -13,6 +13,7 @@ mod reader;
 
 pub use reader::{read, Seen};
 
+use crate::contract::{Activity, CopilotReply, CopilotRequest};
 use crate::history::{sim_now_ms, Ev, History};
 use crate::world::faults::FaultPlan;
 use axum::extract::State;
@@ -20,7 +21,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use orchestrator::copilot::{Activity, CopilotReply, CopilotRequest};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
