@@ -1,9 +1,9 @@
 //! `orchsim`: explore seeds of the simulation on all cores, or replay one.
 
 use clap::{Parser, Subcommand};
-use scenarios::report::{failure_report, run_plan, timeline, write_trace, Verdict};
-use scenarios::world::faults::FaultPlan;
-use scenarios::world::Options;
+use scenarios::report::{failure_report, timeline, write_trace, Verdict};
+use scenarios::runner;
+use scenarios::workers::orchsim::Orchsim;
 use scenarios::{default_set, find, names, Scenario, SCENARIOS};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -327,17 +327,6 @@ fn replay(v: &Verdict, quiet: bool) -> ExitCode {
     }
 }
 
-/// A run written to disk (`.run.json`): options, plan and seed, checked for this build.
-fn read_run(path: &std::path::Path) -> Result<(Options, FaultPlan, u64), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-    let field = |k: &str| v.get(k).cloned().ok_or_else(|| format!("{} has no {k:?}", path.display()));
-    let options: Options = serde_json::from_value(field("options")?).map_err(|e| format!("{}: bad options: {e}", path.display()))?;
-    let plan: FaultPlan = serde_json::from_value(field("plan")?).map_err(|e| format!("{}: bad plan: {e}", path.display()))?;
-    let seed = field("seed")?.as_u64().ok_or_else(|| format!("{}: seed is not a number", path.display()))?;
-    Ok((options, plan, seed))
-}
-
 fn shrink(sc: &Scenario, seed: u64, bug: Option<scenarios::KnownBug>) -> ExitCode {
     let start = Instant::now();
     let v = sc.run_with_bug(seed, bug);
@@ -347,21 +336,20 @@ fn shrink(sc: &Scenario, seed: u64, bug: Option<scenarios::KnownBug>) -> ExitCod
     }
     let broken: std::collections::BTreeSet<&str> = v.violations.iter().map(|x| x.invariant).collect();
     say!("{} seed {seed} violates {:?} with {} faults; shrinking the plan...", sc.name, broken, v.plan.faults.len());
-    let shrunk = v.plan.shrink(|p| run_plan(&v.options, p, seed).violations.iter().any(|x| broken.contains(x.invariant)));
-    let small = run_plan(&v.options, &shrunk.plan, seed);
-    let base = format!("{}-seed-{seed}.shrunk", sc.name);
-    let trace = scenarios::report::write_trace_named(&small, &base).ok();
+    let shrunk = runner::shrink(&Orchsim { bug }, &v);
+    let small = &shrunk.verdict;
+    let trace = runner::write(small).ok().map(|run| run.with_extension("").with_extension("trace.jsonl"));
     say!(
         "shrunk {} faults to {} in {} runs ({:.1} s):",
         v.plan.faults.len(),
-        shrunk.plan.faults.len(),
+        small.plan.faults.len(),
         shrunk.runs,
         start.elapsed().as_secs_f64()
     );
-    for (at, f) in &shrunk.plan.faults {
+    for (at, f) in &small.plan.faults {
         say!("  at {at:>6} ms  {}", serde_json::to_string(f).unwrap_or_default());
     }
-    say!("{}", failure_report(&small, trace.as_deref()));
+    say!("{}", failure_report(small, trace.as_deref()));
     ExitCode::FAILURE
 }
 
@@ -382,7 +370,7 @@ fn main() -> ExitCode {
         }
         Cmd::Replay { scenario: name, seed, run, quiet, known_bug: bug } => {
             let verdict = match (run, name, seed) {
-                (Some(path), _, _) => read_run(&path).map(|(options, plan, seed)| run_plan(&options, &plan, seed)),
+                (Some(path), _, _) => runner::RunFile::read(&path).map(|run| runner::replay(&Orchsim { bug: run.options.known_bug }, &run)),
                 (None, Some(name), Some(seed)) => {
                     scenario(&name).and_then(|s| Ok((s, known_bug(bug.as_deref())?))).map(|(s, bug)| s.run_with_bug(seed, bug))
                 }

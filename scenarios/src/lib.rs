@@ -12,12 +12,14 @@
 //! - [`checks`] — the invariants, read from the history after the run.
 //! - [`report`] — a run's verdict, failure report and replay command.
 //! - [`workers`] — the workers under test: orchsim's orchestrator, and its known bugs.
+//! - [`runner`] — run a seed, replay a run file, shrink a failure, on any worker.
 //! - [`suite`] — named scenarios and their expectations.
 
 pub mod checks;
 pub mod contract;
 pub mod history;
 pub mod report;
+pub mod runner;
 pub mod suite;
 pub mod workers;
 pub mod world;

@@ -4,6 +4,8 @@
 
 use crate::checks::{check, Violation};
 use crate::history::{json_lines, trace_hash, Entry, Ev, HostChange, Manner};
+use crate::workers::orchsim::Orchsim;
+use crate::workers::Worker;
 use crate::world::faults::FaultPlan;
 use crate::world::{self, Options};
 use serde::Serialize;
@@ -13,6 +15,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
+    /// The worker under test ([`crate::workers::Worker::name`]).
+    pub worker: String,
     pub scenario: String,
     pub seed: u64,
     pub options: Options,
@@ -171,17 +175,24 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
     c
 }
 
-/// Runs one seed with these options and checks it.
+/// Runs one seed with these options and checks it (orchsim's orchestrator, with
+/// `options.known_bug` if any).
 pub fn run_seed(options: &Options, seed: u64) -> Verdict {
     let plan = world::generate_plan(options, seed);
     run_plan(options, &plan, seed)
 }
 
-/// Runs an explicit plan (a shrunk one, or one read from a file).
+/// Runs an explicit plan (a shrunk one, or one read from a file) on orchsim's orchestrator.
 pub fn run_plan(options: &Options, plan: &FaultPlan, seed: u64) -> Verdict {
-    let out = world::run(options, plan, seed);
+    run_plan_with(&Orchsim { bug: options.known_bug }, options, plan, seed)
+}
+
+/// Runs `worker` in the world of `options` under `plan`, and checks the run.
+pub fn run_plan_with(worker: &dyn Worker, options: &Options, plan: &FaultPlan, seed: u64) -> Verdict {
+    let out = world::run_worker(worker, options, plan, seed);
     let violations = check(&out);
     Verdict {
+        worker: worker.name(),
         scenario: options.scenario.clone(),
         seed,
         options: options.clone(),
@@ -218,15 +229,14 @@ pub fn write_trace_named(v: &Verdict, base: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let trace = dir.join(format!("{base}.trace.jsonl"));
     std::fs::write(&trace, json_lines(&v.history))?;
-    let meta = serde_json::json!({"scenario": v.scenario, "seed": v.seed, "options": v.options, "plan": v.plan, "traceHash": v.trace_hash, "violations": v.violations});
-    std::fs::write(run_file(base), serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+    crate::runner::RunFile::of(v).write(&run_file(base))?;
     Ok(trace)
 }
 
 /// The failure report: what broke, the evidence, and how to get it back.
 pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "INVARIANT VIOLATED in scenario {:?}, seed {}", v.scenario, v.seed);
+    let _ = writeln!(s, "INVARIANT VIOLATED in scenario {:?}, seed {} ({})", v.scenario, v.seed, v.worker);
     for x in v.violations.iter().take(10) {
         let _ = writeln!(s, "  [{}] at {} ms: {}", x.invariant, x.at_ms, x.evidence);
     }
@@ -239,7 +249,18 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
     if let Some(t) = trace {
         let _ = writeln!(s, "trace: {}", t.display());
     }
-    if world::generate_plan(&v.options, v.seed) == v.plan {
+    if !v.worker.starts_with("orchsim") {
+        // A worker of the user's own: replayed through the library.
+        match trace.and_then(|t| t.to_str()).and_then(|t| t.strip_suffix(".trace.jsonl")) {
+            Some(base) => {
+                let _ = writeln!(s, "reproduce: scenarios::runner::replay_file(&your_worker, \"{base}.run.json\")");
+                let _ = writeln!(s, "shrink the fault plan: scenarios::runner::shrink(&your_worker, &verdict)");
+            }
+            None => {
+                let _ = writeln!(s, "reproduce: scenarios::runner::run_seed(&your_worker, {:?}, {})", v.scenario, v.seed);
+            }
+        }
+    } else if world::generate_plan(&v.options, v.seed) == v.plan {
         let _ = writeln!(s, "reproduce: {}", replay_command(&v.options, v.seed));
         if !v.plan.faults.is_empty() {
             let _ = writeln!(s, "shrink the fault plan: {}", shrink_command(&v.options, v.seed));

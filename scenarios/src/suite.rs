@@ -287,6 +287,15 @@ impl Scenario {
         v
     }
 
+    /// This seed on `worker` (a system of your own: see [`crate::workers`]).
+    pub fn run_worker(&self, worker: &dyn crate::workers::Worker, seed: u64) -> Verdict {
+        let o = self.options(seed);
+        let plan = crate::world::generate_plan(&o, seed);
+        let mut v = crate::report::run_plan_with(worker, &o, &plan, seed);
+        v.violations.extend(self.never_reached(&v));
+        v
+    }
+
     /// The `never` expectations this seed broke, as violations of it.
     pub fn never_reached(&self, v: &Verdict) -> Vec<Violation> {
         self.never
