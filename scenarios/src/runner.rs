@@ -119,9 +119,12 @@ pub struct Shrunk {
 /// the run still violates one of the invariants `v` violated.
 pub fn shrink(worker: &dyn Worker, v: &Verdict) -> Shrunk {
     let broken: BTreeSet<&str> = v.violations.iter().map(|x| x.invariant).collect();
-    let still_fails = |p: &FaultPlan| {
-        replay(worker, &RunFile { plan: p.clone(), ..RunFile::of(v) }).violations.iter().any(|x| broken.contains(x.invariant))
-    };
-    let s = v.plan.shrink(still_fails);
+    shrink_while(worker, v, |again| again.violations.iter().any(|x| broken.contains(x.invariant)))
+}
+
+/// Shrinks the fault plan of `v` on `worker` while `still_fails` holds of the run (for
+/// example: one particular invariant still fires).
+pub fn shrink_while(worker: &dyn Worker, v: &Verdict, still_fails: impl Fn(&Verdict) -> bool) -> Shrunk {
+    let s = v.plan.shrink(|p: &FaultPlan| still_fails(&replay(worker, &RunFile { plan: p.clone(), ..RunFile::of(v) })));
     Shrunk { verdict: replay(worker, &RunFile { plan: s.plan, ..RunFile::of(v) }), runs: s.runs }
 }

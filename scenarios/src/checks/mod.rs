@@ -234,13 +234,17 @@ pub fn no_signal_loop(out: &RunOutput) -> Vec<Violation> {
 /// 4. Commits per conversation, in the order the store applied them, carry strictly
 /// increasing fences and versions that grow by exactly one, and each was written by the holder
 /// of the newest lease (the fence counter Redis held when the commit applied).
+///
+/// For a system that does not fence ([`crate::workers::Reports::fences`]) only the versions
+/// are checked: two writers that both read version n both write n + 1.
 pub fn fenced_single_writer(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
+    let fenced = out.reports.fences;
     let mut last: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for e in &out.history {
         if let Ev::ModelCommit { cid, fence, version, record, .. } = &e.ev {
             let (pf, pv) = last.get(cid.as_str()).copied().unwrap_or((0, 0));
-            if *fence <= pf {
+            if fenced && *fence <= pf {
                 found.push(v(
                     FENCED_WRITER,
                     e.t_ms,
@@ -250,7 +254,7 @@ pub fn fenced_single_writer(out: &RunOutput) -> Vec<Violation> {
             if *version != pv + 1 {
                 found.push(v(FENCED_WRITER, e.t_ms, format!("conversation {cid}: version went {pv} -> {version} (fence {fence})")));
             }
-            if record["writerFence"].as_u64() != Some(*fence) {
+            if fenced && record["writerFence"].as_u64() != Some(*fence) {
                 found.push(v(
                     FENCED_WRITER,
                     e.t_ms,
@@ -325,6 +329,20 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
                     if before.get(field) == Some(value) {
                         continue;
                     }
+                    let high = said_high.contains(&(cid.as_str(), field.clone(), value.as_str().unwrap_or_default().to_string()));
+                    if !out.reports.turn_events {
+                        // No account of the turn's events: Copilot's own record is all there is.
+                        if !high {
+                            found.push(v(
+                                VALID_TRANSITIONS,
+                                e.t_ms,
+                                format!(
+                                    "conversation {cid}: {field}={value} was stored but Copilot never extracted it with high confidence"
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
                     let justified = turns.get(&(cid.as_str(), *fence)).is_some_and(|evs| {
                         evs.iter().any(|x| {
                             x.kind == "field"
@@ -335,7 +353,7 @@ pub fn valid_transitions(out: &RunOutput) -> Vec<Violation> {
                     });
                     if !justified {
                         found.push(v(VALID_TRANSITIONS, e.t_ms, format!("conversation {cid}: {field}={value} was stored (fence {fence}) without a high-confidence extraction in that turn")));
-                    } else if !said_high.contains(&(cid.as_str(), field.clone(), value.as_str().unwrap_or_default().to_string())) {
+                    } else if !high {
                         found.push(v(VALID_TRANSITIONS, e.t_ms, format!("conversation {cid}: {field}={value} was stored (fence {fence}) but Copilot never extracted it with high confidence")));
                     }
                 }
@@ -708,6 +726,7 @@ mod tests {
         let mut fin = state.clone();
         fin.step = Step::Cancelled;
         RunOutput {
+            reports: crate::workers::Reports { fences: true, turn_events: true },
             history: h,
             finals: BTreeMap::from([("c1".to_string(), Some(ConversationRecord { owner: "alice".into(), state: fin, writer_fence: 1 }))]),
             owners: BTreeMap::from([("c1".to_string(), "alice".to_string())]),
@@ -837,6 +856,62 @@ mod tests {
         }
         out.history.push(second);
         fires(&out, FENCED_WRITER);
+    }
+
+    /// `clean()` as a system that reports neither fences nor turn events would leave it.
+    fn unreported() -> RunOutput {
+        let mut out = clean();
+        out.reports = crate::workers::Reports::default();
+        out.history.retain(|e| !matches!(e.ev, Ev::Transition { .. } | Ev::LeaseTaken { .. } | Ev::Committed { .. }));
+        for e in &mut out.history {
+            if let Ev::ModelCommit { fence, record, .. } = &mut e.ev {
+                *fence = 0;
+                record["writerFence"] = json!(0);
+            }
+        }
+        // What Copilot really extracted for the turn.
+        out.history.push(Entry {
+            t_ms: 4,
+            ev: Ev::CopilotReply {
+                cid: "c1".into(),
+                latency_ms: 1,
+                spike: false,
+                misbehaviour: None,
+                payload: json!({"intent":"provide","confidence":"high","fields":{"email":"alice.c0.email"}}),
+            },
+        });
+        out
+    }
+
+    #[test]
+    fn without_fences_two_writers_of_one_version_are_still_caught() {
+        let out = unreported();
+        assert!(check(&out).is_empty(), "{:?}", check(&out));
+        // A second commit of the same version: a lost update (both writers read version 0).
+        let mut out = unreported();
+        let again = out.history.iter().find(|e| matches!(e.ev, Ev::ModelCommit { .. })).cloned().unwrap();
+        out.history.push(Entry { t_ms: 9, ..again });
+        let v = fenced_single_writer(&out);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].evidence.contains("version went 1 -> 1"), "{v:?}");
+    }
+
+    #[test]
+    fn without_turn_events_a_stored_field_is_held_to_what_copilot_extracted() {
+        let mut out = unreported();
+        out.history.retain(|e| !matches!(e.ev, Ev::CopilotReply { .. }));
+        // The first commit has nothing before it to differ from: give it one.
+        let mut first = out.history.iter().find(|e| matches!(e.ev, Ev::ModelCommit { .. })).cloned().unwrap();
+        if let Ev::ModelCommit { version, record, .. } = &mut first.ev {
+            *version = 0;
+            record["state"]["collectedData"] = json!({});
+        }
+        first.t_ms = 1;
+        out.history.insert(0, first);
+        let v = valid_transitions(&out);
+        assert!(v.iter().any(|x| x.evidence.contains("Copilot never extracted it")), "{v:?}");
+        // And the spec oracle, which needs the turn's events, stays silent rather than guess.
+        assert!(spec_oracle(&out).is_empty());
     }
 
     #[test]

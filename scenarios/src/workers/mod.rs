@@ -121,8 +121,26 @@ pub struct Deploy {
     pub settings: Settings,
 }
 
+/// What a system tells the harness beyond its answers and its storage. Some invariants need
+/// it; without it they check less (README "Testing your own orchestrator" says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reports {
+    /// Its commits carry fences: `Ev::ModelCommit::fence` is the newest lease's fence when the
+    /// commit applied, and the record's `writerFence` the fence its writer held (invariant 4's
+    /// fence clauses).
+    pub fences: bool,
+    /// It records each turn's events (`Ev::Transition`, with the fence the turn ran under):
+    /// invariant 5 checks them, and invariant 11 replays them through the specification.
+    pub turn_events: bool,
+}
+
 /// One run's worker hosts.
 pub trait Deployment {
+    /// What this system reports (none by default).
+    fn reports(&self) -> Reports {
+        Reports::default()
+    }
+
     /// Serves worker host `host` until it is crashed (the world calls it again at restart).
     fn serve(&self, host: WorkerHost) -> Serving;
 

@@ -3,7 +3,7 @@
 //! when no bug is selected). The only module of the suite that knows orchsim's types, keys and
 //! record layout.
 
-use super::{Deploy, Deployment, HostClock, Serving, Worker, WorkerHost};
+use super::{Deploy, Deployment, HostClock, Reports, Serving, Worker, WorkerHost};
 use crate::contract::Conversation;
 use crate::history::{Entry, Ev, History};
 use crate::workers::known_bugs::{BugSettings, BuggyCopilot, BuggyEffects, BuggyStore, KnownBug};
@@ -87,6 +87,10 @@ impl Run {
 }
 
 impl Deployment for Run {
+    fn reports(&self) -> Reports {
+        Reports { fences: true, turn_events: true }
+    }
+
     fn serve(&self, host: WorkerHost) -> Serving {
         let (bug, redis, mem) = (self.bug, self.redis, self.mem.clone());
         Box::pin(async move {

@@ -8,7 +8,7 @@
 use crate::contract::Conversation;
 use crate::history::{Entry, Ev, History, HostChange};
 use crate::workers::orchsim::Orchsim;
-use crate::workers::{Deploy, Deployment, Endpoint, HostClock, Settings, Worker, WorkerHost};
+use crate::workers::{Deploy, Deployment, Endpoint, HostClock, Reports, Settings, Worker, WorkerHost};
 use crate::world::client::{run_client, token_of, Shared};
 use crate::world::copilot_host::CopilotHost;
 use crate::world::faults::{FaultKind, FaultPlan, HostFaults};
@@ -175,6 +175,8 @@ pub fn generate_plan(opts: &Options, seed: u64) -> FaultPlan {
 
 #[derive(Debug, Clone)]
 pub struct RunOutput {
+    /// What the worker under test reports (which clauses of some invariants apply).
+    pub reports: Reports,
     pub history: Vec<Entry>,
     /// What every conversation the clients created ended as, as the worker's storage reads.
     pub finals: BTreeMap<String, Option<Conversation>>,
@@ -366,6 +368,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
     let workload =
         users.values().map(|u| (u.clone(), if attackers.contains(u) { 1 } else { opts.conversations_per_user as u64 })).collect();
     RunOutput {
+        reports: deployment.reports(),
         history: entries,
         finals,
         owners,

@@ -106,6 +106,15 @@ impl Model {
         }
     }
 
+    /// A string value as it is at `now_ms`, for end-of-run reads that must not count as commands.
+    pub fn peek_string(&mut self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        self.ks.now_ms = now_ms;
+        match self.ks.get(key) {
+            Some(keyspace::Entry { val: Value::Str(v), .. }) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
     /// How many fields the hash at `key` has (0 if none), at `now_ms` (for the world's own
     /// bookkeeping, outside any client's view).
     pub fn peek_hash_len(&mut self, key: &[u8], now_ms: u64) -> usize {
