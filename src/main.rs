@@ -1,6 +1,7 @@
 //! `orchsim`: explore seeds of the simulation on all cores, or replay one.
 
 use clap::{Parser, Subcommand};
+use scenarios::checks::Invariant;
 use scenarios::report::{failure_report, timeline, write_trace, Verdict};
 use scenarios::runner;
 use scenarios::workers::orchsim::Orchsim;
@@ -273,9 +274,9 @@ fn explore(
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|v| (v.scenario.clone(), v.seed));
     // Which invariants failed, in how many seeds, and the first seed to replay for each.
-    let mut by_invariant: std::collections::BTreeMap<&str, (usize, String)> = std::collections::BTreeMap::new();
+    let mut by_invariant: BTreeMap<Invariant, (usize, String)> = BTreeMap::new();
     for f in &failures {
-        let mut seen: Vec<&str> = f.violations.iter().map(|x| x.invariant).collect();
+        let mut seen: Vec<Invariant> = f.violations.iter().map(|x| x.invariant).collect();
         seen.dedup();
         for inv in seen {
             let e = by_invariant.entry(inv).or_insert_with(|| (0, format!("{} seed {}", f.scenario, f.seed)));
@@ -284,10 +285,8 @@ fn explore(
     }
     if !by_invariant.is_empty() {
         say!("\nviolated invariants (seeds, first one)");
-        let mut rows: Vec<_> = by_invariant.iter().collect();
-        rows.sort_by_key(|(inv, _)| (inv.split(' ').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX), **inv));
-        for (inv, (n, first)) in rows {
-            say!("  {inv:<44} {n:>6}   {first}");
+        for (inv, (n, first)) in &by_invariant {
+            say!("  {:<44} {n:>6}   {first}", inv.name());
         }
     }
     for v in failures.iter().take(5) {
@@ -334,7 +333,7 @@ fn shrink(sc: &Scenario, seed: u64, bug: Option<scenarios::KnownBug>) -> ExitCod
         say!("{} seed {seed} passes: nothing to shrink", sc.name);
         return ExitCode::SUCCESS;
     }
-    let broken: std::collections::BTreeSet<&str> = v.violations.iter().map(|x| x.invariant).collect();
+    let broken: std::collections::BTreeSet<Invariant> = v.violations.iter().map(|x| x.invariant).collect();
     say!("{} seed {seed} violates {:?} with {} faults; shrinking the plan...", sc.name, broken, v.plan.faults.len());
     let shrunk = runner::shrink(&Orchsim { bug }, &v);
     let small = &shrunk.verdict;

@@ -1,7 +1,7 @@
 //! The harness itself: determinism over many seeds, and a failure that prints a command which
 //! reproduces the same run.
 
-use scenarios::checks::Violation;
+use scenarios::checks::{Invariant, Violation};
 use scenarios::find;
 use scenarios::report::{failure_report, run_file, run_plan, write_trace_named, Verdict};
 
@@ -31,7 +31,7 @@ fn a_failing_seed_prints_a_command_that_reproduces_its_trace() {
     let broken = |v: &Verdict| -> Vec<Violation> {
         let n = v.counters.get("replays served").copied().unwrap_or(0);
         if n > 0 {
-            vec![Violation { invariant: "test-only: no replays", at_ms: 0, evidence: format!("{n} replays served") }]
+            vec![Violation { invariant: Invariant::Never, at_ms: 0, evidence: format!("test-only: no replays; {n} replays served") }]
         } else {
             vec![]
         }
@@ -149,11 +149,11 @@ fn a_failing_plan_shrinks_to_fewer_faults_and_the_shrunk_run_replays_from_its_fi
 /// that did it.
 #[test]
 fn lossy_redis_reports_lost_acknowledged_data_and_shrinks_to_the_crash() {
-    use scenarios::checks::{FENCED_WRITER, LOST_DATA};
+    use scenarios::checks::Invariant;
     use scenarios::world::faults::Fault;
     let sc = find("lossy-redis").unwrap();
     assert!(!sc.in_default, "lossy-redis shows a setting's losses; it is not part of the default set");
-    let loses = |v: &Verdict| v.violations.iter().any(|x| x.invariant == LOST_DATA || x.invariant == FENCED_WRITER);
+    let loses = |v: &Verdict| v.violations.iter().any(|x| x.invariant == Invariant::LostData || x.invariant == Invariant::FencedWriter);
     let v = (0..30).map(|seed| sc.run(seed)).find(loses).expect("no lossy-redis seed in 30 lost an acknowledged write");
     assert!(v.counters["redis writes lost in crashes"] > 0, "a loss was reported without a lost write: {:?}", v.violations);
     let report = failure_report(&v, None);
@@ -207,7 +207,7 @@ fn expectations_fire_when_broken() {
     let mut v = sc.run(0);
     v.counters.insert("503 retry later", 2);
     let broken = sc.never_reached(&v);
-    assert!(broken.iter().any(|x| x.invariant == scenarios::EXPECTATION_NEVER && x.evidence.contains("503 retry later")), "{broken:?}");
+    assert!(broken.iter().any(|x| x.invariant == Invariant::Never && x.evidence.contains("503 retry later")), "{broken:?}");
     let nothing = std::collections::BTreeMap::new();
     assert_eq!(sc.unmet_sometimes(&nothing), sc.sometimes.to_vec());
 }
@@ -221,7 +221,7 @@ fn a_run_in_which_nothing_works_fails_on_progress() {
     o.workers = 0;
     let v = scenarios::report::run_seed(&o, 0);
     assert!(
-        v.violations.iter().any(|x| x.invariant == scenarios::checks::PROGRESS && x.evidence.contains("set out to create")),
+        v.violations.iter().any(|x| x.invariant == Invariant::Progress && x.evidence.contains("set out to create")),
         "{:?}",
         v.violations
     );

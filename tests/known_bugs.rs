@@ -2,10 +2,7 @@
 //! invariant that pitfall breaks. Run with `--features known-bugs` (kept out of the default test
 //! run for time only; the pitfalls themselves are harness-side decorators, see sim/src/known_bugs).
 
-use scenarios::checks::{
-    CANCEL_CLEAN, CONTEXT_WELL_FORMED, CROSS_USER, EXACTLY_ONCE, FENCED_WRITER, FRESH_REPLAY, LOST_DATA, NO_500_NO_HANG, NO_SIGNAL_LOOP,
-    SPEC_ORACLE, VALID_TRANSITIONS,
-};
+use scenarios::checks::Invariant;
 use scenarios::find;
 use scenarios::KnownBug;
 
@@ -14,30 +11,34 @@ const SEEDS_MAX: u64 = 50;
 
 /// Where each bug shows and which invariant must catch it. The match is exhaustive: a new
 /// `KnownBug` does not compile until it says how the harness catches it.
-fn expectation(bug: KnownBug) -> (&'static str, &'static [&'static str]) {
+fn expectation(bug: KnownBug) -> (&'static str, &'static [Invariant]) {
     match bug {
-        KnownBug::StaleReplay => ("duplicates", &[FRESH_REPLAY]),
-        KnownBug::ConfidenceIgnored => ("swarm", &[VALID_TRANSITIONS]),
-        KnownBug::UnknownSignalIgnored => ("swarm", &[NO_SIGNAL_LOOP]),
-        KnownBug::IdempotencyKeyNotScopedByUser => ("swarm", &[CROSS_USER, NO_500_NO_HANG]),
-        KnownBug::ContextNotLoadedFromStore => ("swarm", &[LOST_DATA, FENCED_WRITER]),
-        KnownBug::ContextPrefixWithoutSpaces => ("calm", &[CONTEXT_WELL_FORMED]),
-        KnownBug::NoEffectsDeduplication => ("duplicates", &[EXACTLY_ONCE]),
+        KnownBug::StaleReplay => ("duplicates", &[Invariant::FreshReplay]),
+        KnownBug::ConfidenceIgnored => ("swarm", &[Invariant::ValidTransitions]),
+        KnownBug::UnknownSignalIgnored => ("swarm", &[Invariant::NoSignalLoop]),
+        KnownBug::IdempotencyKeyNotScopedByUser => ("swarm", &[Invariant::CrossUser, Invariant::NoHang]),
+        KnownBug::ContextNotLoadedFromStore => ("swarm", &[Invariant::LostData, Invariant::FencedWriter]),
+        KnownBug::ContextPrefixWithoutSpaces => ("calm", &[Invariant::ContextWellFormed]),
+        KnownBug::NoEffectsDeduplication => ("duplicates", &[Invariant::ExactlyOnce]),
         // Needs a commit refused by the fence: a lease that lapses under a working turn while
         // another turn takes it, most often when Redis's clock jumps (clocks).
-        KnownBug::BlindRecommitAfterLeaseLoss => ("clocks", &[LOST_DATA, VALID_TRANSITIONS, FENCED_WRITER, SPEC_ORACLE]),
+        KnownBug::BlindRecommitAfterLeaseLoss => {
+            ("clocks", &[Invariant::LostData, Invariant::ValidTransitions, Invariant::FencedWriter, Invariant::SpecOracle])
+        }
         // A lease lapses under a slow turn, another writes, the first overwrites it.
-        KnownBug::NoFencing => ("partitions", &[FENCED_WRITER]),
+        KnownBug::NoFencing => ("partitions", &[Invariant::FencedWriter]),
         // Redis expires the lease early (clock jump) while the worker's clock says it holds.
-        KnownBug::TrustLocalClock => ("clocks", &[FENCED_WRITER]),
+        KnownBug::TrustLocalClock => ("clocks", &[Invariant::FencedWriter]),
         // Concurrent turns on one conversation are enough.
-        KnownBug::NoLock => ("calm", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
+        KnownBug::NoLock => ("calm", &[Invariant::FencedWriter, Invariant::LostData, Invariant::ExactlyOnce]),
         // Needs a lease held past the acquire deadline: slow Copilot calls.
-        KnownBug::ProceedWhenLockFails => ("latency", &[FENCED_WRITER, LOST_DATA, EXACTLY_ONCE]),
+        KnownBug::ProceedWhenLockFails => ("latency", &[Invariant::FencedWriter, Invariant::LostData, Invariant::ExactlyOnce]),
         // Needs a cancel pressed while a turn holds the lease (users do, at a seeded rate).
-        KnownBug::CancelWaitsForTheLease => ("swarm", &[CANCEL_CLEAN, LOST_DATA, FENCED_WRITER, SPEC_ORACLE]),
+        KnownBug::CancelWaitsForTheLease => {
+            ("swarm", &[Invariant::CancelClean, Invariant::LostData, Invariant::FencedWriter, Invariant::SpecOracle])
+        }
         // Any success shows it: the sink hears of it before the store does.
-        KnownBug::SubmitBeforeCommit => ("calm", &[EXACTLY_ONCE]),
+        KnownBug::SubmitBeforeCommit => ("calm", &[Invariant::ExactlyOnce]),
     }
 }
 
@@ -46,7 +47,7 @@ fn caught(bug: KnownBug) {
     caught_as(bug, scenario, expected);
 }
 
-fn caught_as(bug: KnownBug, scenario: &str, expected: &[&str]) {
+fn caught_as(bug: KnownBug, scenario: &str, expected: &[Invariant]) {
     let sc = find(scenario).unwrap();
     for seed in 0..SEEDS_MAX {
         let v = sc.run_with_bug(seed, Some(bug));
@@ -122,13 +123,13 @@ fn effects_without_deduplication_are_caught_as_a_second_submission() {
 /// not give are caught by it alone, whatever the other invariants say.
 #[test]
 fn the_spec_oracle_alone_catches_states_the_rules_do_not_give() {
-    caught_as(KnownBug::UnknownSignalIgnored, "swarm", &[SPEC_ORACLE]);
-    caught_as(KnownBug::ContextNotLoadedFromStore, "swarm", &[SPEC_ORACLE]);
+    caught_as(KnownBug::UnknownSignalIgnored, "swarm", &[Invariant::SpecOracle]);
+    caught_as(KnownBug::ContextNotLoadedFromStore, "swarm", &[Invariant::SpecOracle]);
 }
 
 #[test]
 fn a_cancel_that_waits_for_the_lease_is_caught_by_the_cancel_invariant_alone() {
-    caught_as(KnownBug::CancelWaitsForTheLease, "swarm", &[CANCEL_CLEAN]);
+    caught_as(KnownBug::CancelWaitsForTheLease, "swarm", &[Invariant::CancelClean]);
 }
 
 #[test]

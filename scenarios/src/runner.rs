@@ -13,7 +13,7 @@
 //! }
 //! ```
 
-use crate::checks::Violation;
+use crate::checks::{Invariant, Violation};
 use crate::report::{run_plan_with, Verdict};
 use crate::workers::Worker;
 use crate::world::faults::FaultPlan;
@@ -42,14 +42,14 @@ pub struct RunFile {
 /// A violation as a run file keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedViolation {
-    pub invariant: String,
+    pub invariant: Invariant,
     pub at_ms: u64,
     pub evidence: String,
 }
 
 impl From<&Violation> for RecordedViolation {
     fn from(v: &Violation) -> Self {
-        Self { invariant: v.invariant.to_string(), at_ms: v.at_ms, evidence: v.evidence.clone() }
+        Self { invariant: v.invariant, at_ms: v.at_ms, evidence: v.evidence.clone() }
     }
 }
 
@@ -118,8 +118,8 @@ pub struct Shrunk {
 /// Shrinks the fault plan of the failing `v` on `worker`: the smallest plan found under which
 /// the run still violates one of the invariants `v` violated.
 pub fn shrink(worker: &dyn Worker, v: &Verdict) -> Shrunk {
-    let broken: BTreeSet<&str> = v.violations.iter().map(|x| x.invariant).collect();
-    shrink_while(worker, v, |again| again.violations.iter().any(|x| broken.contains(x.invariant)))
+    let broken: BTreeSet<Invariant> = v.violations.iter().map(|x| x.invariant).collect();
+    shrink_while(worker, v, |again| again.violations.iter().any(|x| broken.contains(&x.invariant)))
 }
 
 /// Shrinks the fault plan of `v` on `worker` while `still_fails` holds of the run (for

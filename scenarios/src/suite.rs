@@ -8,8 +8,6 @@ use rand::Rng;
 use sim::redis_model::Durability;
 use std::collections::BTreeMap;
 
-/// The invariant a `never` expectation reports under.
-pub const EXPECTATION_NEVER: &str = "expectation: never";
 /// `explore` judges `sometimes` expectations only over at least this many seeds of a scenario.
 pub const EXPECTATION_SEEDS_MIN: u64 = 50;
 
@@ -303,7 +301,7 @@ impl Scenario {
             .filter_map(|c| {
                 let n = v.counters.get(c).copied().unwrap_or(0);
                 (n > 0).then(|| Violation {
-                    invariant: EXPECTATION_NEVER,
+                    invariant: crate::checks::Invariant::Never,
                     at_ms: v.sim_ms,
                     evidence: format!("\"{c}\" happened {n} times; scenario {} must never see it", self.name),
                 })

@@ -3,44 +3,50 @@
 //! its flaws within 50 seeds, and a failure shrinks and replays from its run file.
 
 use naive_orchestrator::Naive;
+use scenarios::checks::Invariant;
 use scenarios::runner;
 
 /// Seeds searched per row.
 const SEEDS: u64 = 50;
 
 /// (invariant, scenario, what its evidence says, the flaw it shows).
-const CAUGHT: &[(&str, &str, &str, &str)] = &[
-    ("2 no cross-user data", "calm", "which belongs to", "the idempotency cache is global: one user's key replays another user's answer"),
+const CAUGHT: &[(Invariant, &str, &str, &str)] = &[
+    (Invariant::CrossUser, "calm", "which belongs to", "the idempotency cache is global: one user's key replays another user's answer"),
     (
-        "13 contract statuses",
+        Invariant::ContractStatuses,
         "calm",
         "was answered 200, the contract gives [422, 503]",
         "a key reused with another body is replayed instead of refused (422)",
     ),
-    ("6 fresh replay", "calm", "was replayed with version", "a replay hands back the state stored with the answer, not the current one"),
     (
-        "7 exactly-once effects",
+        Invariant::FreshReplay,
+        "calm",
+        "was replayed with version",
+        "a replay hands back the state stored with the answer, not the current one",
+    ),
+    (
+        Invariant::ExactlyOnce,
         "duplicates",
         "changed state 2 times",
         "the cache is read before the lock: a duplicate delivered meanwhile runs the turn again",
     ),
-    ("4 fenced single writer", "latency", "version went", "no fencing: a turn whose lock lapsed under a slow Copilot call still writes"),
+    (Invariant::FencedWriter, "latency", "version went", "no fencing: a turn whose lock lapsed under a slow Copilot call still writes"),
     (
-        "16 a cancel wins or loses cleanly",
+        Invariant::CancelClean,
         "calm",
         "showed cancelled, but the conversation ended the run",
         "the cancel takes no lock: a turn in flight writes over it",
     ),
     (
-        "7 exactly-once effects",
+        Invariant::ExactlyOnce,
         "effects",
         "was never submitted",
         "effects are sent once after the commit, with no outbox: a refused submission is lost",
     ),
-    ("1 no lost collectedData", "crashes", "the final state has", "ids restart with the process: a new conversation overwrites an old one"),
-    ("8 no 500 and no hang", "partitions", "got no answer", "no deadline on dialling Redis: a request waits out a partition"),
+    (Invariant::LostData, "crashes", "the final state has", "ids restart with the process: a new conversation overwrites an old one"),
+    (Invariant::NoHang, "partitions", "got no answer", "no deadline on dialling Redis: a request waits out a partition"),
     (
-        "3 no stuck NO_SIGNAL loop",
+        Invariant::NoSignalLoop,
         "calm",
         "not terminal after the heal",
         "a user misled by another's cached answer leaves their own conversation open",
@@ -67,7 +73,7 @@ fn the_suite_finds_each_flaw_of_the_naive_orchestrator_within_fifty_seeds() {
 #[test]
 fn a_failure_shrinks_and_the_shrunk_run_replays_from_its_file() {
     // The lapsed lock needs Copilot to be slow: a latency seed whose plan has faults to cut.
-    let invariant = "4 fenced single writer";
+    let invariant = Invariant::FencedWriter;
     let sc = scenarios::find("latency").unwrap();
     let v = (0..SEEDS)
         .map(|seed| sc.run_worker(&Naive, seed))
@@ -96,5 +102,5 @@ fn a_failure_shrinks_and_the_shrunk_run_replays_from_its_file() {
     // What the run file says of itself.
     let run = runner::RunFile::read(&file).unwrap();
     assert_eq!(run.worker, "naive-orchestrator");
-    assert!(run.violations.iter().any(|x| x.invariant.starts_with(invariant.split(' ').next().unwrap())));
+    assert!(run.violations.iter().any(|x| x.invariant == invariant));
 }

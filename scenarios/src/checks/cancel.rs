@@ -1,4 +1,4 @@
-//! 16. A cancel wins or loses cleanly. A cancel the user saw answered 200 says what happened:
+//! Invariant 16: A cancel wins or loses cleanly. A cancel the user saw answered 200 says what happened:
 //! `cancelled` (this cancel took the conversation over) or `already_finished` (it had ended —
 //! succeeded, cancelled or handed over — and was left alone). Either way the answer must be
 //! true of the store, in the store's own order of writes:
@@ -11,13 +11,11 @@
 //! - a cancel never writes over a finished conversation (a success stays a success, its
 //!   submission standing; never `succeeded` then `cancelled`).
 
-use super::{calls, v, Violation};
+use super::{calls, v, Invariant, Violation};
 use crate::history::Ev;
 use crate::world::RunOutput;
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-pub const CANCEL_CLEAN: &str = "16 a cancel wins or loses cleanly";
 
 /// One applied commit of a conversation, in the store's order.
 struct Applied<'a> {
@@ -42,7 +40,7 @@ pub fn cancel_clean(out: &RunOutput) -> Vec<Violation> {
         let commits = applied.entry(cid).or_default();
         if let Some(prev) = commits.last().filter(|p| idem_key.is_empty() && terminal(p.step)) {
             found.push(v(
-                CANCEL_CLEAN,
+                Invariant::CancelClean,
                 e.t_ms,
                 format!("conversation {cid}: a cancel (fence {fence}) wrote {step} over a conversation that had already {}", prev.step),
             ));
@@ -68,7 +66,7 @@ pub fn cancel_clean(out: &RunOutput) -> Vec<Violation> {
             Some("cancelled") if step == "cancelled" => true,
             Some("already_finished") if terminal(step) => false,
             _ => {
-                found.push(v(CANCEL_CLEAN, t, format!("{who}: the answer does not say what happened: {body}")));
+                found.push(v(Invariant::CancelClean, t, format!("{who}: the answer does not say what happened: {body}")));
                 continue;
             }
         };
@@ -76,7 +74,7 @@ pub fn cancel_clean(out: &RunOutput) -> Vec<Violation> {
         let shown = commits.iter().any(|a| a.t_ms <= t && a.version == version && a.step == step && (a.cancel || !cancelled));
         if !shown {
             found.push(v(
-                CANCEL_CLEAN,
+                Invariant::CancelClean,
                 t,
                 format!(
                     "{who}: it answered {} at version {version}, but the store had applied no such {} by then",
@@ -88,7 +86,7 @@ pub fn cancel_clean(out: &RunOutput) -> Vec<Violation> {
         for a in commits.iter().filter(|a| a.t_ms > t) {
             if a.step != step || a.data != data {
                 found.push(v(
-                    CANCEL_CLEAN,
+                    Invariant::CancelClean,
                     a.t_ms,
                     format!(
                         "{who} ({step}, data {data}): afterwards the store applied version {} in {} with data {}",
@@ -100,7 +98,7 @@ pub fn cancel_clean(out: &RunOutput) -> Vec<Violation> {
         if let Some(Some(fin)) = out.finals.get(cid) {
             if fin.state.step.as_str() != step {
                 found.push(v(
-                    CANCEL_CLEAN,
+                    Invariant::CancelClean,
                     out.sim_ms,
                     format!("{who} showed {step}, but the conversation ended the run {:?}", fin.state.step),
                 ));
@@ -108,4 +106,65 @@ pub fn cancel_clean(out: &RunOutput) -> Vec<Violation> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::fixtures::*;
+    use crate::checks::*;
+    use crate::contract::Step;
+    use crate::history::{Entry, Ev};
+    use serde_json::json;
+
+    #[test]
+    fn cancel_clean_fires_when_a_cancel_is_acknowledged_but_does_not_hold() {
+        assert_eq!(check(&cancelled()), vec![], "a clean cancel");
+        // Acknowledged before the store applied it (the write came after the answer).
+        let mut out = cancelled();
+        cancel_commit(&mut out).t_ms = 30;
+        out.history.sort_by_key(|e| e.t_ms);
+        fires(&out, Invariant::CancelClean);
+        // The answer says cancelled, but shows another step.
+        let mut out = cancelled();
+        response_body(&mut out)["result"] = json!("cancelled");
+        if let Some(Ev::Response { body, .. }) =
+            out.history.iter_mut().map(|e| &mut e.ev).find(|e| matches!(e, Ev::Response { req: 1, .. }))
+        {
+            body["workflowState"]["step"] = json!("gathering");
+        }
+        assert!(cancel_clean(&out).iter().any(|x| x.evidence.contains("does not say what happened")), "{:?}", cancel_clean(&out));
+        // After the answer, a turn still in flight commits a field: a state mixing both.
+        let mut out = cancelled();
+        let Ev::ModelCommit { record, .. } = &cancel_commit(&mut out).ev else { unreachable!() };
+        let mut later = record.clone();
+        later["state"]["collectedData"]["phone"] = json!("alice.c0.phone");
+        later["state"]["version"] = json!(3);
+        later["writerFence"] = json!(3);
+        out.history.push(Entry {
+            t_ms: 40,
+            ev: Ev::ModelCommit { cid: "c1".into(), fence: 3, version: 3, idem_key: "idem:{c:c1}:alice:1:k2".into(), record: later },
+        });
+        assert!(
+            cancel_clean(&out).iter().any(|x| x.evidence.contains("afterwards the store applied version 3")),
+            "{:?}",
+            cancel_clean(&out)
+        );
+        // It ended the run in another step than the answer showed.
+        let mut out = cancelled();
+        if let Some(Some(r)) = out.finals.get_mut("c1") {
+            r.state.step = Step::NeedsHuman;
+        }
+        fires(&out, Invariant::CancelClean);
+        // A cancel written over a success (`succeeded`, then `cancelled`).
+        let mut out = cancelled();
+        for e in &mut out.history {
+            if let Ev::ModelCommit { record, idem_key, .. } = &mut e.ev {
+                if !idem_key.is_empty() {
+                    record["state"]["step"] = json!("succeeded");
+                }
+            }
+        }
+        assert!(cancel_clean(&out).iter().any(|x| x.evidence.contains("had already succeeded")), "{:?}", cancel_clean(&out));
+    }
 }

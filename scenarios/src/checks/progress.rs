@@ -4,12 +4,10 @@
 //! 503, no conversation created, nothing committed — fails here, naming the user and its last
 //! answers, instead of passing every invariant about conversations that do not exist.
 
-use super::{calls, v, Violation};
+use super::{calls, v, Invariant, Violation};
 use crate::history::Ev;
 use crate::world::RunOutput;
 use std::collections::BTreeMap;
-
-pub const PROGRESS: &str = "12 progress after the heal";
 
 /// How long after the heal a conversation may take to reach a terminal step.
 pub const TERMINAL_AFTER_HEAL_MS_MAX: u64 = 60_000;
@@ -41,7 +39,7 @@ pub fn progress(out: &RunOutput) -> Vec<Violation> {
         let have = owned.get(user.as_str()).copied().unwrap_or(0);
         if have < *wanted {
             found.push(v(
-                PROGRESS,
+                Invariant::Progress,
                 out.sim_ms,
                 format!("{user} set out to create {wanted} conversations and has {have}; its last answers: {}", last_answers(user)),
             ));
@@ -64,7 +62,7 @@ pub fn progress(out: &RunOutput) -> Vec<Violation> {
         match terminal_at.get(cid.as_str()) {
             Some(t) if *t <= bound => {}
             Some(t) => found.push(v(
-                PROGRESS,
+                Invariant::Progress,
                 *t,
                 format!("conversation {cid} of {owner} became terminal at {t} ms, past the bound of {bound} ms (heal + {TERMINAL_AFTER_HEAL_MS_MAX} ms)"),
             )),
@@ -73,4 +71,58 @@ pub fn progress(out: &RunOutput) -> Vec<Violation> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::fixtures::*;
+    use crate::checks::*;
+    use crate::contract::{Extracted, Step};
+    use crate::history::{Entry, Ev};
+    use serde_json::json;
+
+    #[test]
+    fn progress_fires_when_a_user_could_not_create_or_finish_its_conversations() {
+        // Alice set out to create two conversations and has one.
+        let mut out = clean();
+        out.workload.insert("alice".into(), 2);
+        fires(&out, Invariant::Progress);
+        // A run in which nothing was created at all: vacuous, so it fails.
+        let mut out = clean();
+        out.history.clear();
+        out.owners.clear();
+        out.finals.clear();
+        fires(&out, Invariant::Progress);
+        // The conversation ended, but long after the heal.
+        let mut out = clean();
+        let t = out.heal_at_ms + TERMINAL_AFTER_HEAL_MS_MAX + 1;
+        let mut state = out.finals["c1"].clone().unwrap().state;
+        state.version = 2;
+        state.turns = 2;
+        out.history.push(Entry {
+            t_ms: t,
+            ev: Ev::Transition {
+                worker: "worker-0".into(),
+                cid: "c1".into(),
+                user: "alice".into(),
+                fence: 2,
+                from: Step::Gathering,
+                to: Step::Cancelled,
+                events: vec![Extracted { kind: "declined".into(), field: None, value: None, confidence: None }],
+            },
+        });
+        out.history.push(Entry {
+            t_ms: t,
+            ev: Ev::ModelCommit {
+                cid: "c1".into(),
+                fence: 2,
+                version: 2,
+                idem_key: "idem:{c:c1}:alice:1:k9".into(),
+                record: json!({"owner":"alice","state":state,"writerFence":2}),
+            },
+        });
+        out.sim_ms = t + 1;
+        fires(&out, Invariant::Progress);
+    }
 }

@@ -1,17 +1,15 @@
-//! 11. Specification oracle: a small model of the workflow rules, written from the design
+//! Invariant 11: Specification oracle: a small model of the workflow rules, written from the design
 //! (DESIGN.md "The orchestrator", README "Try it") and not by calling `workflow::step` or
 //! `apply_turn`, replays the events of each committed turn on the state committed before it and
 //! must arrive at exactly the state the store committed: step, collected fields, NO_SIGNAL
 //! streak and turn count.
 
-use super::{v, Violation};
+use super::{v, Invariant, Violation};
 use crate::contract::{Confidence, Extracted};
 use crate::history::Ev;
 use crate::world::RunOutput;
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-pub const SPEC_ORACLE: &str = "11 specification oracle";
 
 /// "Three in a row are tolerated, the fourth hands the conversation to a human."
 const NO_SIGNAL_TOLERATED: u64 = 3;
@@ -146,11 +144,15 @@ pub fn spec_oracle(out: &RunOutput) -> Vec<Violation> {
         let Ev::ModelCommit { cid, fence, idem_key, record, .. } = &e.ev else { continue };
         let state = &record["state"];
         let Some(got) = Spec::of(state) else {
-            found.push(v(SPEC_ORACLE, e.t_ms, format!("conversation {cid}: committed a state the oracle cannot read: {state}")));
+            found.push(v(Invariant::SpecOracle, e.t_ms, format!("conversation {cid}: committed a state the oracle cannot read: {state}")));
             continue;
         };
         let Some(req) = state["workflow"].as_str().and_then(required) else {
-            found.push(v(SPEC_ORACLE, e.t_ms, format!("conversation {cid}: committed an unknown workflow {}", state["workflow"])));
+            found.push(v(
+                Invariant::SpecOracle,
+                e.t_ms,
+                format!("conversation {cid}: committed an unknown workflow {}", state["workflow"]),
+            ));
             continue;
         };
         let before = committed.get(cid.as_str()).cloned().unwrap_or_else(Spec::start);
@@ -160,7 +162,7 @@ pub fn spec_oracle(out: &RunOutput) -> Vec<Violation> {
             let want = before.cancelled();
             if want.as_ref() != Some(&got) {
                 found.push(v(
-                    SPEC_ORACLE,
+                    Invariant::SpecOracle,
                     e.t_ms,
                     format!(
                         "conversation {cid} (fence {fence}): a cancel from {before:?} must give {want:?}, but the store committed {got:?}"
@@ -172,12 +174,16 @@ pub fn spec_oracle(out: &RunOutput) -> Vec<Violation> {
         }
         let events = turns.get(&(cid.as_str(), *fence)).and_then(|ts| ts.iter().rev().find(|(t, _)| *t <= e.t_ms)).map(|(_, evs)| *evs);
         match events {
-            None => found.push(v(SPEC_ORACLE, e.t_ms, format!("conversation {cid}: a commit under fence {fence} that no turn computed"))),
+            None => found.push(v(
+                Invariant::SpecOracle,
+                e.t_ms,
+                format!("conversation {cid}: a commit under fence {fence} that no turn computed"),
+            )),
             Some(evs) => {
                 let want = before.turn(req, evs);
                 if want != got {
                     found.push(v(
-                        SPEC_ORACLE,
+                        Invariant::SpecOracle,
                         e.t_ms,
                         format!(
                             "conversation {cid} (fence {fence}): from {before:?} the events {:?} give {want:?}, but the store committed {got:?}",
@@ -195,6 +201,10 @@ pub fn spec_oracle(out: &RunOutput) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::fixtures::*;
+    use crate::checks::*;
+    use crate::history::Ev;
+    use serde_json::json;
 
     fn field(f: &str, c: Confidence) -> Extracted {
         Extracted { kind: "field".into(), field: Some(f.into()), value: Some(format!("v-{f}")), confidence: Some(c) }
@@ -235,5 +245,27 @@ mod tests {
             (0..40).map(|i| vec![if i % 2 == 0 { plain("no_signal") } else { field("email", High) }]).collect();
         check(&forty[..39], "gathering", 1, 1);
         check(&forty, "needs_human", 1, 0);
+    }
+
+    #[test]
+    fn the_spec_oracle_fires_when_a_committed_state_is_not_what_the_rules_give() {
+        // The events set the email; the store says the conversation moved on to confirming.
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["step"] = json!("confirming");
+        }
+        fires(&out, Invariant::SpecOracle);
+        // The streak grew on a turn that made progress.
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["noSignalStreak"] = json!(1);
+        }
+        fires(&out, Invariant::SpecOracle);
+        // A commit no turn computed.
+        let mut out = clean();
+        if let Ev::Transition { fence, .. } = &mut out.history[1].ev {
+            *fence = 7;
+        }
+        fires(&out, Invariant::SpecOracle);
     }
 }

@@ -1,16 +1,14 @@
-//! 14. Every turn that took the lease ends: it commits, or it hands the lease back (its worker's
+//! Invariant 14: Every turn that took the lease ends: it commits, or it hands the lease back (its worker's
 //! `Committed` or `Released` for that fence), unless its worker crashed first or the run ended
 //! while it could still be working. A turn that simply stops — its request's handler dropped
 //! because the client hung up, a task cancelled mid-turn — leaves the lease and the key's
 //! in-flight marker to lapse at their TTL: meanwhile every turn of that conversation waits or
 //! gets a 503, and the same key answers 409 although nobody is working on it.
 
-use super::{down_windows, v, Violation};
+use super::{down_windows, v, Invariant, Violation};
 use crate::history::Ev;
 use crate::world::RunOutput;
 use std::collections::BTreeMap;
-
-pub const TURNS_END: &str = "14 every turn that took the lease ends";
 
 pub fn turns_end(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
@@ -48,7 +46,7 @@ pub fn turns_end(out: &RunOutput) -> Vec<Violation> {
             })
             .collect();
         found.push(v(
-            TURNS_END,
+            Invariant::TurnsEnd,
             taken,
             format!(
                 "{worker} took the lease of conversation {cid} (fence {fence}, key {key}) at {taken} ms and never committed or released it (the run went on to {} ms); requests: {}",
@@ -58,4 +56,35 @@ pub fn turns_end(out: &RunOutput) -> Vec<Violation> {
         ));
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::fixtures::*;
+    use crate::checks::*;
+
+    use crate::history::{Entry, Ev};
+
+    #[test]
+    fn turns_end_fires_on_a_lease_taken_and_never_committed_or_released() {
+        let mut out = clean();
+        out.history.retain(|e| !matches!(e.ev, Ev::Committed { .. }));
+        out.sim_ms = 5_000;
+        fires(&out, Invariant::TurnsEnd);
+        // Given back (a release, even one the store could not confirm): the turn ended.
+        let mut given_back = out.clone();
+        given_back
+            .history
+            .push(Entry { t_ms: 6, ev: Ev::Released { worker: "worker-0".into(), cid: "c1".into(), fence: 1, released: false } });
+        assert_eq!(check(&given_back), vec![]);
+        // Its worker powered off after taking it: nothing was abandoned.
+        let mut crashed = out.clone();
+        crashed.history.push(Entry { t_ms: 3, ev: Ev::HostFault { host: "worker-0".into(), change: HostChange::Crashed } });
+        assert_eq!(turns_end(&crashed), vec![]);
+        // The run ended while the turn could still be working: not judged.
+        let mut short = out.clone();
+        short.sim_ms = 500;
+        assert_eq!(turns_end(&short), vec![]);
+    }
 }

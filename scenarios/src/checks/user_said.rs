@@ -1,4 +1,4 @@
-//! 15. Only what the user said is stored. Every applied commit that changes a field, or moves a
+//! Invariant 15: Only what the user said is stored. Every applied commit that changes a field, or moves a
 //! conversation to `succeeded` or `cancelled`, came from a request of the conversation's owner
 //! (its idempotency key) whose writer *meant* exactly that: the value for that field, stated
 //! without a hedge; a confirmation; a cancellation. The meaning comes from the simulated person
@@ -9,13 +9,11 @@
 //! too: the Copilot host makes its mistakes with medium or low confidence only, so in these
 //! worlds any such store is the orchestrator's.
 
-use super::{v, Violation};
+use super::{v, Invariant, Violation};
 use crate::history::{Ev, Meant};
 use crate::world::RunOutput;
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-pub const USER_SAID: &str = "15 stored only what the user said";
 
 pub fn user_said(out: &RunOutput) -> Vec<Violation> {
     let mut found = Vec::new();
@@ -82,11 +80,55 @@ pub fn user_said(out: &RunOutput) -> Vec<Violation> {
                 format!("the user meant {said:?}")
             };
             found.push(v(
-                USER_SAID,
+                Invariant::UserSaid,
                 e.t_ms,
                 format!("conversation {cid}: the commit under key {key:?} (fence {fence}) stored {}, but {who}", wrong.join(", ")),
             ));
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::fixtures::*;
+    use crate::checks::*;
+
+    use crate::history::Ev;
+    use serde_json::json;
+
+    #[test]
+    fn user_said_fires_when_a_commit_stores_what_its_user_did_not_mean() {
+        let meant = |out: &mut RunOutput, m: Meant| {
+            if let Ev::Invoke { meant, .. } = &mut out.history[0].ev {
+                *meant = Some(m);
+            }
+        };
+        // A hedge ("I think it's …") stored as if said plainly.
+        let mut out = clean();
+        meant(&mut out, Meant::Field { field: None, value: "alice.c0.email".into(), sure: false });
+        fires(&out, Invariant::UserSaid);
+        // Another of the user's values (a message mixed up with another turn's).
+        let mut out = clean();
+        meant(&mut out, Meant::Field { field: Some("email".into()), value: "alice.c0.other@example.com".into(), sure: true });
+        fires(&out, Invariant::UserSaid);
+        // The right value under another field's name.
+        let mut out = clean();
+        meant(&mut out, Meant::Field { field: Some("phone".into()), value: "alice.c0.email".into(), sure: true });
+        fires(&out, Invariant::UserSaid);
+        // A commit under a key no request of the owner carries.
+        let mut out = clean();
+        if let Ev::Invoke { user, .. } = &mut out.history[0].ev {
+            *user = "mallory".into();
+        }
+        out.workload.insert("mallory".into(), 0);
+        assert!(user_said(&out)[0].evidence.contains("no request of its owner"));
+        // A step to `succeeded` on a message that confirmed nothing.
+        let mut out = clean();
+        if let Ev::ModelCommit { record, .. } = &mut out.history[2].ev {
+            record["state"]["step"] = json!("succeeded");
+        }
+        assert!(user_said(&out).iter().any(|x| x.evidence.contains("gathering -> succeeded")), "{:?}", user_said(&out));
+    }
 }
