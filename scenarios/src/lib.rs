@@ -12,11 +12,13 @@
 //! - [`checks`] — the invariants, read from the history after the run.
 //! - [`report`] — a run's verdict, failure report and replay command.
 //! - [`workers`] — the workers under test: orchsim's orchestrator, and its known bugs.
+//! - [`explore`] — many seeds on all cores, determinism re-checks, the summary.
 //! - [`runner`] — run a seed, replay a run file, shrink a failure, on any worker.
 //! - [`suite`] — named scenarios and their expectations.
 
 pub mod checks;
 pub mod contract;
+pub mod explore;
 pub mod history;
 pub mod report;
 pub mod runner;

@@ -1,0 +1,249 @@
+//! The explore engine: many seeds on all cores, determinism re-checks, progress, and the
+//! summary a person reads (the `orchsim explore` command, and any suite user's own runner).
+//! Wall-clock time is read here only to report seeds per second, never inside a run.
+
+use crate::checks::Invariant;
+use crate::report::{failure_report, write_trace, Verdict};
+use crate::suite::{default_set, find, Scenario};
+use crate::workers::Worker;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Prints to stdout; a closed pipe (`| head`) ends the program quietly instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+#[derive(Default)]
+struct Tally {
+    seeds: u64,
+    failed: u64,
+    run_wall: Duration,
+    sim_ms: u64,
+    counters: BTreeMap<&'static str, u64>,
+}
+
+/// What to explore.
+#[derive(Clone, Copy)]
+pub struct Explore {
+    /// Seeds to run, spread over the default scenarios unless `only` is given.
+    pub seeds: u64,
+    pub only: Option<&'static Scenario>,
+    pub first_seed: u64,
+    /// Threads (at least one).
+    pub jobs: usize,
+    /// Re-run one seed in this many and compare trace hashes (0: never).
+    pub recheck_every: u64,
+}
+
+/// Explores `worker`'s seeds and prints the report; true if nothing failed.
+pub fn explore_worker(worker: &dyn Worker, cfg: &Explore) -> bool {
+    explore(cfg, &|sc: &Scenario, seed| sc.run_worker(worker, seed))
+}
+
+/// Runs `cfg.seeds` seeds on `cfg.jobs` threads through `run` (one seed of one scenario),
+/// re-running a sample to check determinism, with progress on stderr; prints per scenario the
+/// seeds, violations, seeds/s per thread and simulated/wall time, the counters, the
+/// expectations met, the violated invariants and the first failures' reports. True if no seed
+/// failed, panicked or diverged and every judged expectation was met.
+pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync)) -> bool {
+    let Explore { seeds, only, first_seed: first, jobs, recheck_every } = *cfg;
+    let jobs = jobs.max(1);
+    let defaults = default_set();
+    let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
+        .map(|i| {
+            let s = only.unwrap_or_else(|| defaults[(i % defaults.len() as u64) as usize]);
+            (s, first + i)
+        })
+        .collect();
+    eprintln!(
+        "exploring {} seeds from {first} on {jobs} threads; scenarios: {}",
+        plan.len(),
+        match only {
+            Some(s) => s.name.to_string(),
+            None => defaults.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+        }
+    );
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let failed_seeds = AtomicU64::new(0);
+    let tallies: Mutex<BTreeMap<&'static str, Tally>> = Mutex::new(BTreeMap::new());
+    let failures: Mutex<Vec<Verdict>> = Mutex::new(Vec::new());
+    let mismatches: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let panics: Mutex<Vec<(&str, u64, String)>> = Mutex::new(Vec::new());
+    let rechecked = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&(sc, seed)) = plan.get(i as usize) else { break };
+                let t = Instant::now();
+                // A seed that panics the harness is reported, and does not stop the others (nor
+                // leave the progress loop waiting for a count that never comes).
+                let v = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(sc, seed))) {
+                    Ok(v) => v,
+                    Err(p) => {
+                        let why = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        panics.lock().unwrap().push((sc.name, seed, why));
+                        done.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                };
+                let wall = t.elapsed();
+                if recheck_every > 0 && seed % recheck_every == 0 {
+                    rechecked.fetch_add(1, Ordering::SeqCst);
+                    let again = run(sc, seed);
+                    if again.trace_hash != v.trace_hash {
+                        mismatches
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash));
+                    }
+                }
+                {
+                    let mut g = tallies.lock().unwrap();
+                    let t = g.entry(sc.name).or_default();
+                    t.seeds += 1;
+                    t.run_wall += wall;
+                    t.sim_ms += v.sim_ms;
+                    for (k, n) in &v.counters {
+                        *t.counters.entry(k).or_default() += n;
+                    }
+                    if !v.passed() {
+                        t.failed += 1;
+                    }
+                }
+                if !v.passed() {
+                    failed_seeds.fetch_add(1, Ordering::SeqCst);
+                    failures.lock().unwrap().push(v);
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Progress, from this thread.
+        let total = plan.len() as u64;
+        loop {
+            let d = done.load(Ordering::SeqCst);
+            let el = start.elapsed().as_secs_f64().max(1e-9);
+            let width: u64 = 30;
+            let filled = if total == 0 { width } else { (d * width / total).min(width) } as usize;
+            eprint!(
+                "\r[{}{}] {d}/{total} seeds  {:.1} seeds/s  {} failing   ",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled),
+                d as f64 / el,
+                failed_seeds.load(Ordering::SeqCst)
+            );
+            let _ = std::io::stderr().flush();
+            if d >= total {
+                eprintln!();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let elapsed = start.elapsed();
+    say!("\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
+    let tallies = tallies.into_inner().unwrap();
+    let mut all_counters: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (name, t) in &tallies {
+        let secs = t.run_wall.as_secs_f64().max(1e-9);
+        say!("{:<12} {:>6} {:>10} {:>16.1} {:>13.0}x", name, t.seeds, t.failed, t.seeds as f64 / secs, t.sim_ms as f64 / 1e3 / secs);
+        for (k, n) in &t.counters {
+            *all_counters.entry(k).or_default() += n;
+        }
+    }
+    say!(
+        "\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads",
+        plan.len(),
+        elapsed.as_secs_f64(),
+        plan.len() as f64 / elapsed.as_secs_f64()
+    );
+    let names: Vec<&str> = tallies.keys().copied().collect();
+    say!("\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
+    for k in crate::report::COUNTERS {
+        let per: Vec<u64> = names.iter().map(|n| tallies[n].counters.get(k).copied().unwrap_or(0)).collect();
+        say!("{:<40}{}{:>10}", k, per.iter().map(|v| format!("{v:>12}")).collect::<String>(), all_counters.get(k).copied().unwrap_or(0));
+    }
+    // Expectations: what each scenario must reach across its seeds (`sometimes`) and must never
+    // reach (`never`, already a violation of the seed that did), beside the counters.
+    say!("\nexpectations");
+    let mut unmet_total = 0;
+    for name in &names {
+        let Some(sc) = find(name) else { continue };
+        let t = &tallies[name];
+        let never_hit: Vec<&str> = sc.never.iter().copied().filter(|c| t.counters.get(c).copied().unwrap_or(0) > 0).collect();
+        let unmet = sc.unmet_sometimes(&t.counters);
+        let judged = t.seeds >= crate::suite::EXPECTATION_SEEDS_MIN;
+        let met = sc.sometimes.len() - unmet.len() + sc.never.len() - never_hit.len();
+        let mut line = format!("{name:<12} met {met}/{}", sc.sometimes.len() + sc.never.len());
+        if !unmet.is_empty() {
+            if judged {
+                unmet_total += unmet.len();
+                line += &format!("; UNMET sometimes: {}", unmet.join(", "));
+            } else {
+                line += &format!(
+                    "; not yet reached (fewer than {} seeds, not judged): {}",
+                    crate::suite::EXPECTATION_SEEDS_MIN,
+                    unmet.join(", ")
+                );
+            }
+        }
+        if !never_hit.is_empty() {
+            line += &format!("; BROKEN never: {}", never_hit.join(", "));
+        }
+        say!("{line}");
+    }
+    let panics = panics.into_inner().unwrap();
+    for (scenario, seed, why) in &panics {
+        say!("  PANICKED scenario {scenario} seed {seed}: {why}\n    reproduce: cargo run --release -- replay --scenario {scenario} --seed {seed}");
+    }
+    let mismatches = mismatches.into_inner().unwrap();
+    say!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
+    for m in &mismatches {
+        say!("  NONDETERMINISTIC {m}");
+    }
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|v| (v.scenario.clone(), v.seed));
+    // Which invariants failed, in how many seeds, and the first seed to replay for each.
+    let mut by_invariant: BTreeMap<Invariant, (usize, String)> = BTreeMap::new();
+    for f in &failures {
+        let mut seen: Vec<Invariant> = f.violations.iter().map(|x| x.invariant).collect();
+        seen.dedup();
+        for inv in seen {
+            let e = by_invariant.entry(inv).or_insert_with(|| (0, format!("{} seed {}", f.scenario, f.seed)));
+            e.0 += 1;
+        }
+    }
+    if !by_invariant.is_empty() {
+        say!("\nviolated invariants (seeds, first one)");
+        for (inv, (n, first)) in &by_invariant {
+            say!("  {:<44} {n:>6}   {first}", inv.name());
+        }
+    }
+    for v in failures.iter().take(5) {
+        let trace = write_trace(v).ok();
+        say!("\n{}", failure_report(v, trace.as_deref()));
+    }
+    if failures.is_empty() && mismatches.is_empty() && unmet_total == 0 && panics.is_empty() {
+        say!("0 violations, 0 unmet expectations");
+        true
+    } else {
+        say!("{} violating seeds, {} panicked, {unmet_total} unmet expectations", failures.len(), panics.len());
+        false
+    }
+}
