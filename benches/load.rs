@@ -355,33 +355,6 @@ fn bench_http(c: &mut Criterion) {
 
 // ---- Redis ----------------------------------------------------------------------------
 
-/// A throwaway `redis-server` for the bench, killed on drop.
-struct BenchRedis(std::process::Child, u16);
-
-impl Drop for BenchRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<BenchRedis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let r = BenchRedis(child, port);
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(r);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (Linux; `None`
 /// elsewhere). Clock ticks are 10 ms, so only windows of several hundred ms say much.
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -411,7 +384,7 @@ fn bench_redis(c: &mut Criterion) {
     // One client thread by default: on a 2-core machine redis-server needs the other core, just
     // as redis-benchmark (single-threaded) leaves it one. BENCH_THREADS overrides.
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let Some(server) = start_redis() else {
+    let Some(server) = testkit::RedisServer::start() else {
         println!("redis: SKIPPED (redis-server not on PATH)");
         return;
     };
@@ -421,7 +394,7 @@ fn bench_redis(c: &mut Criterion) {
         b.disable_lifo_slot();
     }
     let rt = b.build().unwrap();
-    let redis = orchestrator::store::RedisStore::open(&format!("redis://127.0.0.1:{}", server.1), Default::default(), 3).unwrap();
+    let redis = orchestrator::store::RedisStore::open(&server.url(), Default::default(), 3).unwrap();
     let store = Arc::new(Timed::new(redis));
     let o = Arc::new(Orchestrator::new(
         store.clone(),
@@ -437,7 +410,7 @@ fn bench_redis(c: &mut Criterion) {
     const PAIRS: u64 = 3;
     let mut ours = Vec::new();
     let mut limit = Vec::new();
-    let redis_pid = server.0.id();
+    let redis_pid = server.pid().unwrap_or(0);
     for i in 0..PAIRS {
         let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(redis_pid), Instant::now());
         ours.push(summary(&rt, "redis/100-conversations", &o, &store, 40, move |o, r| async move {
@@ -449,7 +422,7 @@ fn bench_redis(c: &mut Criterion) {
             let wall = cpu_before.2.elapsed().as_secs_f64();
             println!("  cpu: bench process {:.2} cores, redis-server {:.2} cores", (c1 - c0) / wall, (r1 - r0) / wall);
         }
-        if let Some(ops) = std::env::var("BENCH_NO_LIMIT").is_err().then(|| redis_benchmark_set(server.1)).flatten() {
+        if let Some(ops) = std::env::var("BENCH_NO_LIMIT").is_err().then(|| redis_benchmark_set(server.port)).flatten() {
             limit.push(ops);
         }
     }

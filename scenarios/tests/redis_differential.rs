@@ -14,41 +14,11 @@ use rand_chacha::ChaCha8Rng;
 use sim::redis_model::{Model, Session};
 use sim::resp::Reply;
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Server(std::process::Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start() -> Option<Server> {
-    let have = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !have {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("redis-server is not on PATH under CI=true");
-        }
-        eprintln!("SKIPPED: redis-server not on PATH");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // One database, like the model (so `SELECT 1` fails on both).
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--databases", "1"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(Server(child, port));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("redis-server did not start");
+/// A real server with one database, like the model (so `SELECT 1` fails on both).
+fn start() -> Option<testkit::RedisServer> {
+    testkit::RedisServer::start_with(&["--databases", "1"])
 }
 
 /// Sends one command as raw RESP and reads one raw reply: no client library in between, so
@@ -389,7 +359,7 @@ fn random_command(rng: &mut ChaCha8Rng) -> Vec<Vec<u8>> {
 #[test]
 fn redis_model_matches_real_redis_on_random_command_sequences() {
     let Some(server) = start() else { return };
-    let mut conn = Raw::connect(server.1);
+    let mut conn = Raw::connect(server.port);
     let sequences: u64 = std::env::var("DIFF_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     const COMMANDS_PER_SEQUENCE: u64 = 80;
     let mut compared = 0;
