@@ -402,6 +402,8 @@ fn run_with_faults(
     model: &Mutex<Model>,
 ) -> Option<String> {
     let all = host_names(opts);
+    let worker_names: Vec<String> = (0..opts.workers).map(|w| format!("worker-{w}")).collect();
+    let client_names: Vec<String> = (0..opts.clients).map(|c| format!("client-{c}")).collect();
     let mut applied = vec![HostFaults::default(); opts.workers];
     let mut skewed = vec![false; opts.workers];
     // Client c ↔ worker w link state as applied, at [c * workers + w].
@@ -432,7 +434,10 @@ fn run_with_faults(
         }
         for (w, have) in applied.iter_mut().enumerate() {
             let want = plan.worker_faults(w, now, opts.heal_at_ms);
-            let host = format!("worker-{w}");
+            if want == *have {
+                continue;
+            }
+            let host = worker_names[w].clone();
             if want.down != have.down {
                 if want.down {
                     power_off(sim, &all, &host);
@@ -456,9 +461,11 @@ fn run_with_faults(
             for w in 0..opts.workers {
                 let want = plan.client_link(c, w, now, opts.heal_at_ms);
                 let have = &mut links[c * opts.workers + w];
-                let client = format!("client-{c}");
-                if let Some(change) = set_link(sim, &client, &format!("worker-{w}"), *have, want) {
-                    history.push_at(now, Ev::HostFault { host: client, change });
+                if want == *have {
+                    continue;
+                }
+                if let Some(change) = set_link(sim, &client_names[c], &worker_names[w], *have, want) {
+                    history.push_at(now, Ev::HostFault { host: client_names[c].clone(), change });
                 }
                 *have = want;
             }
