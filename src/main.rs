@@ -83,6 +83,18 @@ macro_rules! say {
     }};
 }
 
+/// Standard output for the explore report; a closed pipe ends the program quietly.
+struct Stdout;
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stdout().write(buf).or_else(|_| std::process::exit(0))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush().or_else(|_| std::process::exit(0))
+    }
+}
+
 fn known_bug(name: Option<&str>) -> Result<Option<scenarios::KnownBug>, String> {
     let Some(name) = name else { return Ok(None) };
     let all: Vec<String> = scenarios::KnownBug::ALL.iter().map(|b| b.name()).collect();
@@ -159,7 +171,7 @@ fn main() -> ExitCode {
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
             let cfg = Explore { seeds, only, first_seed, jobs, recheck_every };
-            if explore(&cfg, &|sc: &Scenario, seed| sc.run_with_bug(seed, bug)) {
+            if explore(&cfg, &|sc: &Scenario, seed| sc.run_with_bug(seed, bug), &mut Stdout) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

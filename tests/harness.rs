@@ -142,6 +142,31 @@ fn a_failing_plan_shrinks_to_fewer_faults_and_the_shrunk_run_replays_from_its_fi
     assert_eq!(hash, small.trace_hash, "the shrunk run did not replay from its file:\n{stdout}");
 }
 
+/// A run file edited into options that cannot make a run is refused with every problem named,
+/// and one that is not a run file at all says so: exit status 2, nothing run, no panic.
+#[test]
+fn a_run_file_with_impossible_options_is_refused_with_its_problems() {
+    let v = find("calm").unwrap().run(0);
+    let base = "test-bad-options";
+    write_trace_named(&v, base).unwrap();
+    let path = run_file(base);
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["options"]["topology"]["workers"] = 0.into();
+    json["options"]["network"]["net_latency_ms"] = serde_json::json!([9, 2]);
+    std::fs::write(&path, json.to_string()).unwrap();
+    let replay =
+        |p: &std::path::Path| std::process::Command::new(env!("CARGO_BIN_EXE_orchsim")).args(["replay", "--run"]).arg(p).output().unwrap();
+    let out = replay(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("workers") && stderr.contains("net_latency_ms (9, 2)"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::write(&path, "{\"scenario\": 3}").unwrap();
+    let out = replay(&path);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a run file"));
+}
+
 /// `lossy-redis` is what a user reads before choosing Redis's durability: under `appendfsync
 /// everysec` or a failover to a lagging replica, a crash loses acknowledged writes, and the
 /// harness says so — an acknowledged field missing from the final state, or a fence counter that
@@ -169,7 +194,7 @@ fn lossy_redis_reports_lost_acknowledged_data_and_shrinks_to_the_crash() {
     );
     // The same seed under `appendfsync always` (the default) loses nothing.
     let mut safe = v.options.clone();
-    safe.redis_durability = sim::redis_model::Durability::FsyncAlways;
+    safe.topology.redis_durability = sim::redis_model::Durability::FsyncAlways;
     let kept = run_plan(&safe, &v.plan, v.seed);
     assert!(kept.passed(), "the same crashes under appendfsync always: {:?}", kept.violations);
 }
@@ -216,10 +241,32 @@ fn expectations_fire_when_broken() {
 /// ever created, and the progress check says which users got nothing done.
 #[test]
 fn a_run_in_which_nothing_works_fails_on_progress() {
-    let sc = find("calm").unwrap();
-    let mut o = sc.options(0);
-    o.workers = 0;
-    let v = scenarios::report::run_seed(&o, 0);
+    use scenarios::workers::{Deploy, Deployment, Serving, Worker, WorkerHost};
+    /// A worker whose hosts never listen: every request is refused.
+    struct Mute;
+    impl Worker for Mute {
+        fn name(&self) -> String {
+            "mute".into()
+        }
+        fn deploy(&self, _: &Deploy) -> Box<dyn Deployment> {
+            Box::new(Mute)
+        }
+    }
+    impl Deployment for Mute {
+        fn serve(&self, _: WorkerHost) -> Serving {
+            Box::pin(std::future::pending())
+        }
+        fn applied_writes(&self, _: &[sim::redis_model::Write]) -> Vec<scenarios::history::Entry> {
+            Vec::new()
+        }
+        fn conversation(&self, _: Option<&mut sim::redis_model::Model>, _: u64, _: &str) -> Option<scenarios::contract::Conversation> {
+            None
+        }
+        fn effects_pending(&self, _: Option<&mut sim::redis_model::Model>, _: u64) -> bool {
+            false
+        }
+    }
+    let v = find("calm").unwrap().run_worker(&Mute, 0);
     assert!(
         v.violations.iter().any(|x| x.invariant == Invariant::Progress && x.evidence.contains("set out to create")),
         "{:?}",
@@ -317,14 +364,14 @@ fn a_cancel_answers_at_once_while_a_turn_waits_three_seconds_on_copilot() {
     let mut overtaken = 0;
     for seed in 0..6 {
         let mut o = sc.options(seed);
-        o.cancel_pct = 100;
+        o.workload.cancel_pct = 100;
         // A millisecond's resolution (the default tick is 10-20 ms, a hop per tick), and a
         // network of 1-2 ms a hop, as on one rack.
-        o.tick_ms = 1;
-        o.net_latency_ms = (1, 2);
-        o.lease_ttl_ms = 6_000;
-        o.lease_extend_every_ms = 2_000;
-        let plan = FaultPlan { faults: vec![(0, Fault::CopilotLatencySpike { duration_ms: o.heal_at_ms, latency_ms: 3_000 })] };
+        o.network.tick_ms = 1;
+        o.network.net_latency_ms = (1, 2);
+        o.orchestrator.lease_ttl_ms = 6_000;
+        o.orchestrator.lease_extend_every_ms = 2_000;
+        let plan = FaultPlan { faults: vec![(0, Fault::CopilotLatencySpike { duration_ms: o.faults.heal_at_ms, latency_ms: 3_000 })] };
         let v = run_plan(&o, &plan, seed);
         assert_eq!(v.violations, vec![], "seed {seed}");
         let h = &v.history;

@@ -12,14 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Prints to stdout; a closed pipe (`| head`) ends the program quietly instead of panicking.
+/// One line of the report to `$out` (a write error, e.g. a closed pipe, is the writer's business).
 macro_rules! say {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        if writeln!(out, $($t)*).is_err() {
-            std::process::exit(0);
-        }
+    ($out:expr, $($t:tt)*) => {{
+        let _ = writeln!($out, $($t)*);
     }};
 }
 
@@ -45,9 +41,9 @@ pub struct Explore {
     pub recheck_every: u64,
 }
 
-/// Explores `worker`'s seeds and prints the report; true if nothing failed.
-pub fn explore_worker(worker: &dyn Worker, cfg: &Explore) -> bool {
-    explore(cfg, &|sc: &Scenario, seed| sc.run_worker(worker, seed))
+/// Explores `worker`'s seeds and writes the report to `out`; true if nothing failed.
+pub fn explore_worker(worker: &dyn Worker, cfg: &Explore, out: &mut dyn Write) -> bool {
+    explore(cfg, &|sc: &Scenario, seed| sc.run_worker(worker, seed), out)
 }
 
 /// Runs `cfg.seeds` seeds on `cfg.jobs` threads through `run` (one seed of one scenario),
@@ -55,7 +51,7 @@ pub fn explore_worker(worker: &dyn Worker, cfg: &Explore) -> bool {
 /// seeds, violations, seeds/s per thread and simulated/wall time, the counters, the
 /// expectations met, the violated invariants and the first failures' reports. True if no seed
 /// failed, panicked or diverged and every judged expectation was met.
-pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync)) -> bool {
+pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync), out: &mut dyn Write) -> bool {
     let Explore { seeds, only, first_seed: first, jobs, recheck_every } = *cfg;
     let jobs = jobs.max(1);
     let defaults = default_set();
@@ -157,31 +153,38 @@ pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync)) 
         }
     });
     let elapsed = start.elapsed();
-    say!("\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
+    say!(out, "\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
     let tallies = tallies.into_inner().unwrap();
     let mut all_counters: BTreeMap<&'static str, u64> = BTreeMap::new();
     for (name, t) in &tallies {
         let secs = t.run_wall.as_secs_f64().max(1e-9);
-        say!("{:<12} {:>6} {:>10} {:>16.1} {:>13.0}x", name, t.seeds, t.failed, t.seeds as f64 / secs, t.sim_ms as f64 / 1e3 / secs);
+        say!(out, "{:<12} {:>6} {:>10} {:>16.1} {:>13.0}x", name, t.seeds, t.failed, t.seeds as f64 / secs, t.sim_ms as f64 / 1e3 / secs);
         for (k, n) in &t.counters {
             *all_counters.entry(k).or_default() += n;
         }
     }
     say!(
+        out,
         "\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads",
         plan.len(),
         elapsed.as_secs_f64(),
         plan.len() as f64 / elapsed.as_secs_f64()
     );
     let names: Vec<&str> = tallies.keys().copied().collect();
-    say!("\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
+    say!(out, "\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
     for k in crate::report::COUNTERS {
         let per: Vec<u64> = names.iter().map(|n| tallies[n].counters.get(k).copied().unwrap_or(0)).collect();
-        say!("{:<40}{}{:>10}", k, per.iter().map(|v| format!("{v:>12}")).collect::<String>(), all_counters.get(k).copied().unwrap_or(0));
+        say!(
+            out,
+            "{:<40}{}{:>10}",
+            k,
+            per.iter().map(|v| format!("{v:>12}")).collect::<String>(),
+            all_counters.get(k).copied().unwrap_or(0)
+        );
     }
     // Expectations: what each scenario must reach across its seeds (`sometimes`) and must never
     // reach (`never`, already a violation of the seed that did), beside the counters.
-    say!("\nexpectations");
+    say!(out, "\nexpectations");
     let mut unmet_total = 0;
     for name in &names {
         let Some(sc) = find(name) else { continue };
@@ -206,16 +209,16 @@ pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync)) 
         if !never_hit.is_empty() {
             line += &format!("; BROKEN never: {}", never_hit.join(", "));
         }
-        say!("{line}");
+        say!(out, "{line}");
     }
     let panics = panics.into_inner().unwrap();
     for (scenario, seed, why) in &panics {
-        say!("  PANICKED scenario {scenario} seed {seed}: {why}\n    reproduce: cargo run --release -- replay --scenario {scenario} --seed {seed}");
+        say!(out, "  PANICKED scenario {scenario} seed {seed}: {why}\n    reproduce: cargo run --release -- replay --scenario {scenario} --seed {seed}");
     }
     let mismatches = mismatches.into_inner().unwrap();
-    say!("determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
+    say!(out, "determinism: {} seeds re-run, {} trace-hash mismatches", rechecked.load(Ordering::SeqCst), mismatches.len());
     for m in &mismatches {
-        say!("  NONDETERMINISTIC {m}");
+        say!(out, "  NONDETERMINISTIC {m}");
     }
     let mut failures = failures.into_inner().unwrap();
     failures.sort_by_key(|v| (v.scenario.clone(), v.seed));
@@ -230,20 +233,20 @@ pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync)) 
         }
     }
     if !by_invariant.is_empty() {
-        say!("\nviolated invariants (seeds, first one)");
+        say!(out, "\nviolated invariants (seeds, first one)");
         for (inv, (n, first)) in &by_invariant {
-            say!("  {:<44} {n:>6}   {first}", inv.name());
+            say!(out, "  {:<44} {n:>6}   {first}", inv.name());
         }
     }
     for v in failures.iter().take(5) {
         let trace = write_trace(v).ok();
-        say!("\n{}", failure_report(v, trace.as_deref()));
+        say!(out, "\n{}", failure_report(v, trace.as_deref()));
     }
     if failures.is_empty() && mismatches.is_empty() && unmet_total == 0 && panics.is_empty() {
-        say!("0 violations, 0 unmet expectations");
+        say!(out, "0 violations, 0 unmet expectations");
         true
     } else {
-        say!("{} violating seeds, {} panicked, {unmet_total} unmet expectations", failures.len(), panics.len());
+        say!(out, "{} violating seeds, {} panicked, {unmet_total} unmet expectations", failures.len(), panics.len());
         false
     }
 }

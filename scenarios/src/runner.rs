@@ -73,7 +73,9 @@ impl RunFile {
     /// Reads a run file, saying what is wrong with one that is not.
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{} is not a run file: {e}", path.display()))
+        let run: RunFile = serde_json::from_str(&text).map_err(|e| format!("{} is not a run file: {e}", path.display()))?;
+        run.options.validate().map_err(|e| format!("{}: the options cannot make a run: {e}", path.display()))?;
+        Ok(run)
     }
 }
 

@@ -32,20 +32,20 @@ pub struct Scenario {
 
 fn common(r: &mut rand_chacha::ChaCha8Rng, o: &mut Options) {
     // Time resolution is part of the swarm: most seeds run coarse ticks (fast), some fine.
-    o.tick_ms = [5, 10, 20, 20, 20][r.random_range(0..5)];
-    o.random_host_order = r.random_bool(0.7);
-    o.workers = r.random_range(2..=3);
-    o.clients = r.random_range(1..=2);
-    o.users_per_client = r.random_range(1..=2);
-    o.conversations_per_user = r.random_range(1..=2);
-    o.net_latency_ms = (1, r.random_range(2..=10));
+    o.network.tick_ms = [5, 10, 20, 20, 20][r.random_range(0..5)];
+    o.network.random_host_order = r.random_bool(0.7);
+    o.topology.workers = r.random_range(2..=3);
+    o.topology.clients = r.random_range(1..=2);
+    o.topology.users_per_client = r.random_range(1..=2);
+    o.topology.conversations_per_user = r.random_range(1..=2);
+    o.network.net_latency_ms = (1, r.random_range(2..=10));
     let lo = r.random_range(5..=50);
-    o.copilot_latency_ms = (lo, lo + r.random_range(0..=400));
-    o.lease_ttl_ms = r.random_range(1_500..=3_000);
-    o.lease_extend_every_ms = o.lease_ttl_ms / 3;
-    o.noise_pct = r.random_range(0..=30);
-    o.concurrent_pct = r.random_range(0..=40);
-    o.mumble_pct = r.random_range(0..=20);
+    o.network.copilot_latency_ms = (lo, lo + r.random_range(0..=400));
+    o.orchestrator.lease_ttl_ms = r.random_range(1_500..=3_000);
+    o.orchestrator.lease_extend_every_ms = o.orchestrator.lease_ttl_ms / 3;
+    o.workload.noise_pct = r.random_range(0..=30);
+    o.workload.concurrent_pct = r.random_range(0..=40);
+    o.workload.mumble_pct = r.random_range(0..=20);
 }
 
 pub const SCENARIOS: &[Scenario] = &[
@@ -69,7 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "every option random; each seed enables a random subset of fault kinds",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = FaultKind::ALL.into_iter().filter(|_| r.random_bool(0.5)).collect();
+            o.faults.fault_kinds = FaultKind::ALL.into_iter().filter(|_| r.random_bool(0.5)).collect();
         },
     },
     Scenario {
@@ -80,8 +80,8 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "Copilot latency spikes above the lease TTL, many turns in flight",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::CopilotLatencySpike];
-            o.concurrent_pct = r.random_range(20..=60);
+            o.faults.fault_kinds = vec![FaultKind::CopilotLatencySpike];
+            o.workload.concurrent_pct = r.random_range(20..=60);
         },
     },
     Scenario {
@@ -92,7 +92,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "Copilot misbehaves: HTTP 500s, bodies that are not JSON or cut short, payloads off the contract, slow spikes",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::CopilotMisbehaves, FaultKind::CopilotLatencySpike];
+            o.faults.fault_kinds = vec![FaultKind::CopilotMisbehaves, FaultKind::CopilotLatencySpike];
         },
     },
     Scenario {
@@ -103,7 +103,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "the same request and key delivered to other workers, concurrently and late",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::Duplicates];
+            o.faults.fault_kinds = vec![FaultKind::Duplicates];
         },
     },
     Scenario {
@@ -115,8 +115,8 @@ pub const SCENARIOS: &[Scenario] = &[
         build: |r, o| {
             common(r, o);
             // Slow Copilot calls span lease extensions, so a jump or a cut lands mid-turn.
-            o.fault_kinds = vec![FaultKind::RedisPartition, FaultKind::RedisClockJump, FaultKind::CopilotLatencySpike];
-            o.concurrent_pct = r.random_range(20..=60);
+            o.faults.fault_kinds = vec![FaultKind::RedisPartition, FaultKind::RedisClockJump, FaultKind::CopilotLatencySpike];
+            o.workload.concurrent_pct = r.random_range(20..=60);
         },
     },
     Scenario {
@@ -127,8 +127,8 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "Redis clock jumps and worker clocks that jump and drift, while Copilot is slow: only Redis's clock may decide a lease",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::RedisClockJump, FaultKind::WorkerClockSkew, FaultKind::CopilotLatencySpike];
-            o.concurrent_pct = r.random_range(20..=60);
+            o.faults.fault_kinds = vec![FaultKind::RedisClockJump, FaultKind::WorkerClockSkew, FaultKind::CopilotLatencySpike];
+            o.workload.concurrent_pct = r.random_range(20..=60);
         },
     },
     Scenario {
@@ -139,7 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "workers crash mid-turn and restart; Redis crashes and restarts without its script cache",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::WorkerCrash, FaultKind::RedisCrash];
+            o.faults.fault_kinds = vec![FaultKind::WorkerCrash, FaultKind::RedisCrash];
         },
     },
     Scenario {
@@ -158,7 +158,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "the effects sink is down, answers 5xx, acknowledges late or never; workers crash between a commit and its delivery: the outbox's relays deliver every success once",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::SinkOutage, FaultKind::SinkMisbehaves, FaultKind::WorkerCrash];
+            o.faults.fault_kinds = vec![FaultKind::SinkOutage, FaultKind::SinkMisbehaves, FaultKind::WorkerCrash];
         },
     },
     Scenario {
@@ -169,8 +169,8 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "client-worker links cut or losing the workers' answers: applied turns whose answer never came are retried and must replay",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::ClientPartition];
-            o.concurrent_pct = r.random_range(20..=60);
+            o.faults.fault_kinds = vec![FaultKind::ClientPartition];
+            o.workload.concurrent_pct = r.random_range(20..=60);
         },
     },
     Scenario {
@@ -181,9 +181,9 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "Redis crashes under a durability setting that loses acknowledged writes (appendfsync everysec, or failover to a replica lagging 100-1500 ms): shows what is lost, not in the default set",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![FaultKind::RedisCrash];
-            o.concurrent_pct = r.random_range(20..=60);
-            o.redis_durability = if r.random_bool(0.5) {
+            o.faults.fault_kinds = vec![FaultKind::RedisCrash];
+            o.workload.concurrent_pct = r.random_range(20..=60);
+            o.topology.redis_durability = if r.random_bool(0.5) {
                 Durability::FsyncEverySec
             } else {
                 Durability::ReplicaFailover { lag_ms: r.random_range(100..=1_500) }
@@ -206,16 +206,16 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "the embedded store (MemStore) in one worker, its leases on the worker's own clock: Copilot faults, duplicates, client links and clock skew; no crash (losing the process loses everything by design)",
         build: |r, o| {
             common(r, o);
-            o.store = StoreKind::Embedded;
-            o.workers = 1;
-            o.fault_kinds = [FaultKind::CopilotLatencySpike, FaultKind::CopilotMisbehaves, FaultKind::Duplicates, FaultKind::ClientPartition]
+            o.topology.store = StoreKind::Embedded;
+            o.topology.workers = 1;
+            o.faults.fault_kinds = [FaultKind::CopilotLatencySpike, FaultKind::CopilotMisbehaves, FaultKind::Duplicates, FaultKind::ClientPartition]
                 .into_iter()
                 .filter(|_| r.random_bool(0.6))
                 .collect();
             // The process's own clock is the only thing that can take a lease from under a
             // turn here: always skew it, with turns racing for the lease when it jumps.
-            o.fault_kinds.push(FaultKind::WorkerClockSkew);
-            o.concurrent_pct = r.random_range(40..=80);
+            o.faults.fault_kinds.push(FaultKind::WorkerClockSkew);
+            o.workload.concurrent_pct = r.random_range(40..=80);
         },
     },
     Scenario {
@@ -238,7 +238,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "no faults: the baseline every other scenario is compared with",
         build: |r, o| {
             common(r, o);
-            o.fault_kinds = vec![];
+            o.faults.fault_kinds = vec![];
         },
     },
 ];
@@ -262,13 +262,13 @@ impl Scenario {
         let mut o = Options::base(self.name);
         (self.build)(&mut stream(seed, STREAM_OPTIONS), &mut o);
         // A stream of its own, so adding attackers changed no other option of any seed.
-        o.attackers = stream(seed, STREAM_ATTACKERS).random_bool(0.5);
+        o.workload.attackers = stream(seed, STREAM_ATTACKERS).random_bool(0.5);
         // People's habits, likewise on a stream of their own.
         let mut p = stream(seed, STREAM_PEOPLE);
-        o.hangup_pct = p.random_range(0..=6);
-        o.slow_pct = p.random_range(0..=6);
-        o.chatty_pct = if p.random_bool(0.3) { p.random_range(5..=15) } else { 0 };
-        o.cancel_pct = p.random_range(3..=15);
+        o.workload.hangup_pct = p.random_range(0..=6);
+        o.workload.slow_pct = p.random_range(0..=6);
+        o.workload.chatty_pct = if p.random_bool(0.3) { p.random_range(5..=15) } else { 0 };
+        o.workload.cancel_pct = p.random_range(3..=15);
         o
     }
 

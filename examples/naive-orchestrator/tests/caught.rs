@@ -109,5 +109,8 @@ fn a_failure_shrinks_and_the_shrunk_run_replays_from_its_file() {
 fn the_explore_engine_runs_a_foreign_worker_and_reports_it_failing() {
     use scenarios::explore::{explore_worker, Explore};
     let cfg = Explore { seeds: 11, only: None, first_seed: 0, jobs: 2, recheck_every: 5 };
-    assert!(!explore_worker(&Naive, &cfg), "eleven seeds, one per scenario, and the naive orchestrator passed them all");
+    let mut report = Vec::new();
+    assert!(!explore_worker(&Naive, &cfg, &mut report), "eleven seeds, one per scenario, and the naive orchestrator passed them all");
+    let report = String::from_utf8(report).unwrap();
+    assert!(report.contains("violated invariants") && report.contains("INVARIANT VIOLATED"), "{report}");
 }

@@ -209,7 +209,7 @@ impl Client {
     }
 
     fn worker(&self, not: Option<usize>) -> usize {
-        let n = self.shared.opts.workers;
+        let n = self.shared.opts.topology.workers;
         let w = self.below(n as u64) as usize;
         match not {
             Some(x) if n > 1 && w == x => (w + 1) % n,
@@ -354,13 +354,13 @@ impl Client {
     /// How this person's client sends its next turn.
     fn manner(&self) -> Option<Manner> {
         let o = &self.shared.opts;
-        if self.chance(o.hangup_pct) {
+        if self.chance(o.workload.hangup_pct) {
             if self.chance(30) {
                 Some(Manner::HalfClosed)
             } else {
-                Some(Manner::HungUp { after_ms: self.below(o.copilot_latency_ms.1 + 200) })
+                Some(Manner::HungUp { after_ms: self.below(o.network.copilot_latency_ms.1 + 200) })
             }
-        } else if self.chance(o.slow_pct) {
+        } else if self.chance(o.workload.slow_pct) {
             Some(Manner::Slow { send_ms: 100 + self.below(SLOW_SEND_MS_MAX - 99) })
         } else {
             None
@@ -374,7 +374,7 @@ impl Client {
 
     fn duplicates_now(&self) -> Option<(u32, u32)> {
         let now = sim_now_ms();
-        if now >= self.shared.opts.heal_at_ms {
+        if now >= self.shared.opts.faults.heal_at_ms {
             return None;
         }
         self.shared.plan.duplicates(now)
@@ -455,7 +455,7 @@ impl Client {
     }
 
     async fn conversation(self: &Arc<Self>, user: String, conv: usize) {
-        let start = self.below(self.shared.opts.heal_at_ms / 2 + 1);
+        let start = self.below(self.shared.opts.faults.heal_at_ms / 2 + 1);
         tokio::time::sleep(Duration::from_millis(start)).await;
         let wf = if self.chance(70) { "lead" } else { "payment" };
         let Some(cid) = self.create(&user, wf).await else { return };
@@ -489,7 +489,7 @@ impl Client {
         }
         let mut script: Vec<Say> = Vec::new();
         for f in order {
-            if self.chance(self.shared.opts.noise_pct) {
+            if self.chance(self.shared.opts.workload.noise_pct) {
                 let spoken = f.replace('_', " ");
                 script.push(Say::Said(match self.below(4) {
                     0 => Said::nothing("hmm, not sure"),
@@ -519,7 +519,7 @@ impl Client {
                 script.push(Say::Value(f));
             }
         }
-        let chatty = self.chance(self.shared.opts.chatty_pct);
+        let chatty = self.chance(self.shared.opts.workload.chatty_pct);
         if !chatty {
             let confirm = ["yes", "yes please", "sounds good", "go ahead", "sure"];
             script.push(Say::Said(if self.chance(5) {
@@ -532,7 +532,7 @@ impl Client {
         // Some people give up part way and press cancel, mostly while a turn is on its way.
         let (cancel_at, press_after) = {
             let mut r = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
-            let at = (r.random_range(0..100) < self.shared.opts.cancel_pct).then(|| r.random_range(0..script.len().max(1)));
+            let at = (r.random_range(0..100) < self.shared.opts.workload.cancel_pct).then(|| r.random_range(0..script.len().max(1)));
             (at, r.random_range(0..=CANCEL_AFTER_MS_MAX))
         };
 
@@ -541,7 +541,7 @@ impl Client {
         let mut answered = true;
         // A mumbler opens with more no-signal turns than the streak bound allows: the machine
         // must hand the conversation to a human.
-        if self.chance(self.shared.opts.mumble_pct) {
+        if self.chance(self.shared.opts.workload.mumble_pct) {
             for m in 0..=contract::NO_SIGNAL_STREAK_MAX {
                 let r = self.turn(&user, &cid, &format!("{kp}-m{m}"), &Said::nothing("hmm")).await;
                 answered = r.is_some();
@@ -553,7 +553,7 @@ impl Client {
         }
         let mut i = 0;
         while i < script.len() {
-            let concurrent = i + 2 < script.len() && self.chance(self.shared.opts.concurrent_pct);
+            let concurrent = i + 2 < script.len() && self.chance(self.shared.opts.workload.concurrent_pct);
             if concurrent {
                 let (ka, kb) = (format!("{kp}-{i}"), format!("{kp}-{}", i + 1));
                 let (qa, qb) = (self.say(&script[i], &user, conv, None), self.say(&script[i + 1], &user, conv, None));
@@ -733,7 +733,7 @@ impl Client {
     /// such request carries the statuses the contract allows for it; at the end it cancels its
     /// own conversation, so it too ends terminal.
     async fn attacker(self: &Arc<Self>, me: String) {
-        let start = self.below(self.shared.opts.heal_at_ms / 2 + 1);
+        let start = self.below(self.shared.opts.faults.heal_at_ms / 2 + 1);
         tokio::time::sleep(Duration::from_millis(start)).await;
         let Some(own) = self.create(&me, "lead").await else { return };
         self.shared.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(own.clone(), me.clone());
@@ -821,14 +821,14 @@ pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
         late: Mutex::new(Vec::new()),
     });
     let mut tasks = Vec::new();
-    for u in 0..shared.opts.users_per_client {
+    for u in 0..shared.opts.topology.users_per_client {
         let user = format!("u{idx}x{u}");
-        for conv in 0..shared.opts.conversations_per_user {
+        for conv in 0..shared.opts.topology.conversations_per_user {
             let (c, user) = (client.clone(), user.clone());
             tasks.push(tokio::spawn(async move { c.conversation(user, conv).await }));
         }
     }
-    if shared.opts.attackers {
+    if shared.opts.workload.attackers {
         let c = client.clone();
         tasks.push(tokio::spawn(async move { c.attacker(attacker_of(idx)).await }));
     }
