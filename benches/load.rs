@@ -1,7 +1,8 @@
 //! Load benchmark of the reference orchestrator: 100 concurrent conversations driven through
 //! the `lead` workflow to `succeeded` (4 turns each), on the embedded store through the turn
 //! function, a contended case (100 concurrent turns over 10 conversations), and the same 100
-//! conversations through HTTP on loopback. Besides criterion's timings it prints turns/s, turn
+//! conversations through HTTP on loopback, beside the same requests to a bare axum JSON handler
+//! (the limit for the HTTP path; the ratio is printed). Besides criterion's timings it prints turns/s, turn
 //! latency p50/p99 as the client saw it, and lease-acquire p50/p99 (first Begin of a turn →
 //! lease taken, retries included).
 //! When `redis-server` is on PATH it also runs the 100 conversations on a `RedisStore` and
@@ -25,6 +26,7 @@ use orchestrator::http::{router, serve, Api};
 use orchestrator::store::{BeginArgs, BeginOutcome, CommitArgs, CommitOutcome, ConversationRecord, StoreError};
 use orchestrator::*;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -320,6 +322,38 @@ async fn http_hundred(addr: std::net::SocketAddr, round: u64) -> usize {
     n
 }
 
+/// The limit for the HTTP path: a bare axum JSON handler answering the same requests with an
+/// answer of the same shape and about the same size, and no orchestrator behind it.
+fn bare_router() -> axum::Router {
+    use axum::routing::post;
+    use axum::Json;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let create = || async {
+        (axum::http::StatusCode::CREATED, Json(serde_json::json!({"id": format!("c{}", NEXT.fetch_add(1, Ordering::Relaxed))})))
+    };
+    // The body is parsed as the orchestrator parses it: raw bytes, no content-type required.
+    let turn = |axum::extract::Path(id): axum::extract::Path<String>, headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let authorised = headers.get("authorization").is_some() && headers.get("idempotency-key").is_some();
+        let query = body["query"].as_str().unwrap_or_default().to_string();
+        let state = serde_json::json!({"workflow": "lead", "step": "gathering", "collectedData": {"email": query}, "version": 1, "noSignalStreak": 0, "turns": 1});
+        Json(
+            serde_json::json!({"conversationId": id, "turn": 1, "reply": "Thanks.", "extracted": [], "workflowState": state, "replayed": !authorised}),
+        )
+    };
+    axum::Router::new().route("/v1/conversations", post(create)).route("/v1/conversations/{id}/turns", post(turn))
+}
+
+/// `rounds` rounds of 100 conversations against `addr`: turns and wall time.
+fn http_rounds(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr, rounds: std::ops::Range<u64>) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut turns = 0;
+    for round in rounds {
+        turns += rt.block_on(http_hundred(addr, round));
+    }
+    (turns, start.elapsed())
+}
+
 fn bench_http(c: &mut Criterion) {
     if !selected("http") {
         return;
@@ -332,14 +366,33 @@ fn bench_http(c: &mut Criterion) {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     rt.spawn(serve(listener, router(api)));
+    let bare = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let bare_addr = bare.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(bare, bare_router()).await });
     store.take_samples();
     take_turn_samples();
-    let start = Instant::now();
-    let mut turns = 0;
-    for round in 0..20 {
-        turns += rt.block_on(http_hundred(addr, round));
+    let (turns, wall) = http_rounds(&rt, addr, 0..20);
+    report("http/100-conversations", turns, wall, store.take_samples());
+
+    // The same client, concurrency and requests against the bare handler, alternated with the
+    // orchestrator in one run (the machine is shared): medians of three each.
+    let mut ours = Vec::new();
+    let mut limit = Vec::new();
+    for i in 0..3u64 {
+        let (t, w) = http_rounds(&rt, addr, 100 + i * 20..120 + i * 20);
+        ours.push(t as f64 / w.as_secs_f64());
+        let (t, w) = http_rounds(&rt, bare_addr, 200 + i * 20..220 + i * 20);
+        limit.push(t as f64 / w.as_secs_f64());
     }
-    report("http/100-conversations", turns, start.elapsed(), store.take_samples());
+    take_turn_samples();
+    ours.sort_by(f64::total_cmp);
+    limit.sort_by(f64::total_cmp);
+    println!(
+        "http limit: bare axum JSON handler {:.0} turns/s, orchsim {:.0} turns/s (medians of 3 alternated runs of 2,000 turns) = ratio {:.2}",
+        limit[1],
+        ours[1],
+        ours[1] / limit[1]
+    );
 
     let mut g = c.benchmark_group("http");
     g.throughput(Throughput::Elements((CONVERSATIONS * LEAD_TURNS.len()) as u64));
