@@ -1,8 +1,7 @@
-//! Harness throughput: seeds per second and simulated time per wall time for the default
-//! scenario (`swarm`), one thread. Criterion times single seeds; the summary line covers a
-//! fixed batch so the two can be compared with `orchsim explore`'s report. The limit to
-//! compare with is raw turmoil: request/response round trips per wall second between two
-//! hosts doing nothing else, printed first.
+//! Harness throughput, one thread: raw turmoil round trips per second (two hosts doing nothing
+//! else: the limit), then for every default scenario seeds/s, simulated/wall time and the cost
+//! of one seed in raw round trips, all in one run so they compare; criterion then times single
+//! `swarm` seeds. `orchsim explore` reports seeds/s per thread the same way.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::{Duration, Instant};
@@ -51,22 +50,28 @@ fn raw_turmoil_round_trips() -> f64 {
 
 fn bench_sim(c: &mut Criterion) {
     let raw = raw_turmoil_round_trips();
-    let sc = scenarios::find("swarm").unwrap();
-    let batch = 100;
-    let start = Instant::now();
-    let mut sim_ms = 0;
-    for seed in 0..batch {
-        sim_ms += sc.run(seed).sim_ms;
+    // Every default scenario on one thread, `SIM_BENCH_SEEDS` seeds each (default 100 for
+    // swarm, 40 for the others): seeds/s, simulated/wall, and one seed's cost in raw round trips.
+    let seeds_of =
+        |name: &str| std::env::var("SIM_BENCH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(if name == "swarm" { 100 } else { 40 });
+    println!("{:<12} {:>6} {:>10} {:>10} {:>22}", "scenario", "seeds", "seeds/s", "sim/wall", "raw round trips/seed");
+    for sc in scenarios::default_set() {
+        let batch: u64 = seeds_of(sc.name);
+        let start = Instant::now();
+        let mut sim_ms = 0;
+        for seed in 0..batch {
+            sim_ms += sc.run(seed).sim_ms;
+        }
+        let wall = start.elapsed().as_secs_f64();
+        println!(
+            "{:<12} {batch:>6} {:>10.1} {:>9.0}x {:>22.0}",
+            sc.name,
+            batch as f64 / wall,
+            sim_ms as f64 / 1e3 / wall,
+            raw * wall / batch as f64
+        );
     }
-    let wall = start.elapsed().as_secs_f64();
-    println!(
-        "sim/swarm: {batch} seeds in {wall:.2} s on one thread = {:.1} seeds/s; simulated {:.0} s = {:.0}x wall time; \
-         one seed costs the wall time of {:.0} raw turmoil round trips",
-        batch as f64 / wall,
-        sim_ms as f64 / 1e3,
-        sim_ms as f64 / 1e3 / wall,
-        raw * wall / batch as f64
-    );
+    let sc = scenarios::find("swarm").unwrap();
     let mut seed = 1_000;
     c.bench_function("sim/swarm-one-seed", |b| {
         b.iter(|| {
