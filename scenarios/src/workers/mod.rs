@@ -65,11 +65,6 @@ pub struct HostClock {
 }
 
 impl HostClock {
-    /// A clock that shows simulated time unchanged.
-    pub fn simulated() -> Self {
-        Self { at: Arc::new(|t| t), end_ms: Arc::new(AtomicU64::new(0)) }
-    }
-
     pub fn now_ms(&self) -> u64 {
         let t = turmoil::sim_elapsed().map_or_else(|| self.end_ms.load(Ordering::SeqCst), |d| d.as_millis() as u64);
         (self.at)(t)

@@ -229,7 +229,7 @@ impl FaultPlan {
             match f {
                 Fault::RedisPartition { worker: w, duration_ms, oneway } if *w == worker && now_ms >= *at && now_ms < at + duration_ms => {
                     // Both ways wins over one way when episodes overlap.
-                    h.redis_partition = h.redis_partition.and(Link::of_oneway(*oneway));
+                    h.redis_partition = h.redis_partition.and(partition(*oneway));
                 }
                 Fault::WorkerCrash { worker: w, down_ms } if *w == worker && now_ms >= *at && now_ms < at + down_ms => h.down = true,
                 _ => {}
@@ -248,7 +248,7 @@ impl FaultPlan {
         for (at, f) in &self.faults {
             if let Fault::ClientPartition { client: c, worker: w, duration_ms, oneway } = f {
                 if *c == client && *w == worker && now_ms >= *at && now_ms < at + duration_ms {
-                    cut = cut.and(Link::of_oneway(*oneway));
+                    cut = cut.and(partition(*oneway));
                 }
             }
         }
@@ -361,18 +361,12 @@ impl Halve for Fault {
     }
 }
 
-/// A `oneway` flag of a partition fault as a link state.
-trait OneWay {
-    fn of_oneway(oneway: bool) -> Link;
-}
-
-impl OneWay for Link {
-    fn of_oneway(oneway: bool) -> Link {
-        if oneway {
-            Link::RepliesLost
-        } else {
-            Link::Cut
-        }
+/// A partition fault's link state: `oneway` loses only the far side's replies.
+fn partition(oneway: bool) -> Link {
+    if oneway {
+        Link::RepliesLost
+    } else {
+        Link::Cut
     }
 }
 
