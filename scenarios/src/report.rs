@@ -7,6 +7,7 @@ use crate::history::{json_lines, trace_hash, Entry, Ev, HostChange, Manner};
 use crate::workers::orchsim::Orchsim;
 use crate::workers::Worker;
 use crate::world::faults::FaultPlan;
+use crate::world::hosts::Host;
 use crate::world::{self, Options};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -163,9 +164,13 @@ fn counters(h: &[Entry]) -> BTreeMap<&'static str, u64> {
             Ev::SinkReceived { accepted: false, .. } => add("duplicate submissions de-duplicated", 1),
             Ev::SinkReceived { accepted: true, .. } => add("submissions", 1),
             Ev::Transition { from, to: crate::contract::Step::NeedsHuman, .. } if !from.is_terminal() => add("no-signal hand-offs", 1),
-            Ev::HostFault { change, .. } if change.broken_link() == Some("redis") => add("redis partitions", 1),
-            Ev::HostFault { change, .. } if change.broken_link().is_some_and(|p| p.starts_with("worker-")) => add("client links cut", 1),
-            Ev::HostFault { host, change: HostChange::Crashed } => add(if host == "redis" { "redis crashes" } else { "worker crashes" }, 1),
+            Ev::HostFault { change, .. } if change.broken_link().and_then(Host::parse) == Some(Host::Redis) => add("redis partitions", 1),
+            Ev::HostFault { change, .. } if matches!(change.broken_link().and_then(Host::parse), Some(Host::Worker(_))) => {
+                add("client links cut", 1)
+            }
+            Ev::HostFault { host, change: HostChange::Crashed } => {
+                add(if Host::parse(host) == Some(Host::Redis) { "redis crashes" } else { "worker crashes" }, 1)
+            }
             Ev::RedisClockJumped { .. } => add("redis clock jumps", 1),
             Ev::RedisLostWrites { lost, .. } => add("redis writes lost in crashes", *lost),
             Ev::HostFault { change: HostChange::ClockSkewed, .. } => add("worker clock skews", 1),

@@ -220,7 +220,7 @@ impl Client {
     /// One HTTP request to one worker, logged as invoke + response.
     async fn request(&self, r: Req<'_>) -> Option<Answer> {
         let req = self.shared.next_req.fetch_add(1, Ordering::SeqCst);
-        let host = format!("worker-{}", r.worker);
+        let host = crate::world::hosts::Host::Worker(r.worker).name();
         self.shared.history.push(Ev::Invoke {
             req,
             client: self.name.clone(),
@@ -814,7 +814,7 @@ impl Client {
 pub async fn run_client(shared: Arc<Shared>, idx: usize) -> turmoil::Result {
     let seed = shared.seed ^ (0xC11E_0000 + idx as u64);
     let client = Arc::new(Client {
-        name: format!("client-{idx}"),
+        name: crate::world::hosts::Host::Client(idx).name(),
         shared: shared.clone(),
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
         cancels: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0xCA9C_E100_0000)),

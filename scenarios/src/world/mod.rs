@@ -12,6 +12,7 @@ use crate::workers::{Deploy, Deployment, Endpoint, HostClock, Reports, Worker, W
 use crate::world::client::{run_client, token_of, Shared};
 use crate::world::copilot_host::CopilotHost;
 use crate::world::faults::{FaultPlan, HostFaults};
+use crate::world::hosts::Host;
 use crate::world::sink::{SimSink, SinkHost};
 use rand::Rng;
 use sim::net::TurmoilListener;
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub mod client;
 pub mod copilot_host;
 pub mod faults;
+pub mod hosts;
 mod options;
 pub mod sink;
 
@@ -112,7 +114,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
     let embedded = opts.topology.store == StoreKind::Embedded;
     if !embedded {
         let (model, plan) = (model.clone(), plan.clone());
-        sim.host("redis", move || {
+        sim.host(Host::Redis.name(), move || {
             // A (re)started Redis has what its durability setting kept (see `Model::crash`), and
             // no scripts.
             model.lock().unwrap_or_else(|p| p.into_inner()).forget_scripts();
@@ -132,7 +134,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
             deadline_ms: opts.orchestrator.copilot_timeout_ms,
             rng: Mutex::new(stream(seed, STREAM_COPILOT)),
         });
-        sim.host("copilot", move || {
+        sim.host(Host::Copilot.name(), move || {
             let host = host.clone();
             async move {
                 sim::net::serve(TurmoilListener::bind(HTTP_PORT).await?, copilot_host::router(host)).await;
@@ -149,7 +151,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
             heal_at_ms: opts.faults.heal_at_ms,
             rng: Mutex::new(stream(seed, STREAM_SINK)),
         });
-        sim.host("sink", move || {
+        sim.host(Host::Sink.name(), move || {
             let host = host.clone();
             async move {
                 sim::net::serve(TurmoilListener::bind(HTTP_PORT).await?, crate::world::sink::router(host)).await;
@@ -173,7 +175,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
     let deployment: Arc<dyn Deployment> =
         worker.deploy(&Deploy { seed, workers: opts.topology.workers, redis: !embedded, settings: opts.settings() }).into();
     for w in 0..opts.topology.workers {
-        let name = format!("worker-{w}");
+        let name = Host::Worker(w).name();
         let worker_seed: u64 = worker_rng.random();
         let plan_for_clock = plan.clone();
         let heal_at_ms = opts.faults.heal_at_ms;
@@ -187,9 +189,9 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
                 index: w,
                 name: name.clone(),
                 port: HTTP_PORT,
-                redis: (!embedded).then(|| Endpoint { host: "redis".into(), port: REDIS_PORT, path: "" }),
-                copilot: Endpoint { host: "copilot".into(), port: HTTP_PORT, path: "/v1/reply" },
-                sink: Endpoint { host: "sink".into(), port: HTTP_PORT, path: "/submit" },
+                redis: (!embedded).then(|| Endpoint { host: Host::Redis.name(), port: REDIS_PORT, path: "" }),
+                copilot: Endpoint { host: Host::Copilot.name(), port: HTTP_PORT, path: "/v1/reply" },
+                sink: Endpoint { host: Host::Sink.name(), port: HTTP_PORT, path: "/submit" },
                 clock: clock.clone(),
                 seed: worker_seed,
                 tokens: tokens.clone(),
@@ -209,7 +211,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
     });
     for c in 0..opts.topology.clients {
         let shared = shared.clone();
-        sim.client(format!("client-{c}"), run_client(shared, c));
+        sim.client(Host::Client(c).name(), run_client(shared, c));
     }
     if plan.has_sink_faults() {
         // Not a user: keeps the world running after the heal until no effect is owed any more
@@ -220,7 +222,7 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
             let mut m = model.lock().unwrap_or_else(|p| p.into_inner());
             !deployment.effects_pending((!embedded).then_some(&mut *m), plan.redis_now_ms(now))
         };
-        sim.client("settle", async move {
+        sim.client(Host::Settle.name(), async move {
             loop {
                 let now = crate::history::sim_now_ms();
                 if now >= until || (now >= heal && outbox_empty(now)) {
@@ -266,12 +268,12 @@ pub fn run_worker(worker: &dyn Worker, opts: &Options, plan: &FaultPlan, seed: u
 
 /// Every host name in the world, for isolating one of them.
 fn host_names(opts: &Options) -> Vec<String> {
-    let mut v = vec!["copilot".to_string(), "sink".to_string()];
+    let mut v = vec![Host::Copilot.name(), Host::Sink.name()];
     if opts.topology.store == StoreKind::Redis {
-        v.push("redis".into());
+        v.push(Host::Redis.name());
     }
-    v.extend((0..opts.topology.workers).map(|w| format!("worker-{w}")));
-    v.extend((0..opts.topology.clients).map(|c| format!("client-{c}")));
+    v.extend((0..opts.topology.workers).map(|w| Host::Worker(w).name()));
+    v.extend((0..opts.topology.clients).map(|c| Host::Client(c).name()));
     v
 }
 
@@ -286,8 +288,9 @@ fn run_with_faults(
     model: &Mutex<Model>,
 ) -> Option<String> {
     let all = host_names(opts);
-    let worker_names: Vec<String> = (0..opts.topology.workers).map(|w| format!("worker-{w}")).collect();
-    let client_names: Vec<String> = (0..opts.topology.clients).map(|c| format!("client-{c}")).collect();
+    let worker_names: Vec<String> = (0..opts.topology.workers).map(|w| Host::Worker(w).name()).collect();
+    let client_names: Vec<String> = (0..opts.topology.clients).map(|c| Host::Client(c).name()).collect();
+    let redis = Host::Redis.name();
     let mut applied = vec![HostFaults::default(); opts.topology.workers];
     let mut skewed = vec![false; opts.topology.workers];
     // Client c ↔ worker w link state as applied, at [c * workers + w].
@@ -299,7 +302,7 @@ fn run_with_faults(
         let want_down = plan.redis_down(now, opts.faults.heal_at_ms);
         if want_down != redis_down {
             if want_down {
-                power_off(sim, &all, "redis");
+                power_off(sim, &all, &redis);
                 let lost = model.lock().unwrap_or_else(|p| p.into_inner()).crash(now);
                 if lost > 0 {
                     history.push_at(now, Ev::RedisLostWrites { lost: lost as u64, durability: opts.topology.redis_durability });
@@ -310,10 +313,10 @@ fn run_with_faults(
                     have.redis_partition = Link::Whole;
                 }
             } else {
-                sim.bounce("redis");
+                sim.bounce(redis.as_str());
             }
             let change = if want_down { HostChange::Crashed } else { HostChange::Restarted };
-            history.push_at(now, Ev::HostFault { host: "redis".into(), change });
+            history.push_at(now, Ev::HostFault { host: redis.clone(), change });
             redis_down = want_down;
         }
         for (w, have) in applied.iter_mut().enumerate() {
@@ -336,7 +339,7 @@ fn run_with_faults(
                 let change = if want.down { HostChange::Crashed } else { HostChange::Restarted };
                 history.push_at(now, Ev::HostFault { host: host.clone(), change });
             }
-            if let Some(change) = set_link(sim, &host, "redis", have.redis_partition, want.redis_partition) {
+            if let Some(change) = set_link(sim, &host, &redis, have.redis_partition, want.redis_partition) {
                 history.push_at(now, Ev::HostFault { host, change });
             }
             *have = want;
@@ -358,7 +361,7 @@ fn run_with_faults(
             let is = plan.worker_clock_skewed(w, now, opts.faults.heal_at_ms);
             if is != *was {
                 let change = if is { HostChange::ClockSkewed } else { HostChange::ClockSetRight };
-                history.push_at(now, Ev::HostFault { host: format!("worker-{w}"), change });
+                history.push_at(now, Ev::HostFault { host: worker_names[w].clone(), change });
                 *was = is;
             }
         }
