@@ -6,6 +6,10 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::{Duration, Instant};
 
+/// The allocator `orchsim` itself runs with (src/main.rs), so the figures match `explore`'s.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Round trips per wall second of an echo over one turmoil TCP connection (1 ms ticks, 1 ms
 /// latency): the ceiling on simulated message exchange on this machine.
 fn raw_turmoil_round_trips() -> f64 {

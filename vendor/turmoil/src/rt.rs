@@ -1,7 +1,10 @@
+use std::cell::Cell;
 use std::future::Future;
 use std::mem;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use rand::rngs::SmallRng;
 use tokio::runtime::Runtime;
@@ -66,6 +69,83 @@ pub struct Rt<'a> {
 
     /// Runtime configuration.
     config: Config,
+
+    /// Idle skipping (see [`Rt::can_idle`]): what a tick needs to know.
+    idle: Idle,
+}
+
+/// What [`Rt::can_idle`] needs to tell that driving the runtime for a tick
+/// would do nothing.
+struct Idle {
+    /// Set whenever the host's `LocalSet` is woken (a message delivered, a
+    /// timer fired for one of its tasks, a task left ready when a tick ended),
+    /// and when the runtime is (re)created; cleared when a tick starts.
+    woken: Arc<AtomicBool>,
+
+    /// The waker `block_on` polls a tick with (the runtime's own), and the
+    /// one handed to the `LocalSet` in its place, which also sets `woken`.
+    wakers: Option<(Waker, Waker)>,
+
+    /// Simulated time the host has idled through without its runtime being
+    /// driven; its clock catches up when the next tick starts.
+    lag: Duration,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Idle {
+            woken: Arc::new(AtomicBool::new(true)),
+            wakers: None,
+            lag: Duration::ZERO,
+        }
+    }
+}
+
+/// Sets `woken`, then wakes what `block_on` gave.
+struct FlagWaker {
+    woken: Arc<AtomicBool>,
+    inner: Waker,
+}
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.inner.wake_by_ref();
+    }
+}
+
+/// Polls a tick's `run_until` with a waker that sets `woken` (so wakes of
+/// the `LocalSet` are seen), leaving `block_on`'s own waker in `outer` for
+/// the tick's sleep (so the end of the tick is not taken for work).
+struct Watched<'w, F> {
+    inner: Pin<&'w mut F>,
+    idle: &'w mut Idle,
+    outer: &'w Cell<Option<Waker>>,
+}
+
+impl<F: Future> Future for Watched<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let me = &mut *self;
+        let flagging = match &me.idle.wakers {
+            Some((outer, flagging)) if outer.will_wake(cx.waker()) => flagging.clone(),
+            _ => {
+                let flagging = Waker::from(Arc::new(FlagWaker {
+                    woken: me.idle.woken.clone(),
+                    inner: cx.waker().clone(),
+                }));
+                me.idle.wakers = Some((cx.waker().clone(), flagging.clone()));
+                flagging
+            }
+        };
+        me.outer.set(Some(cx.waker().clone()));
+        me.inner.as_mut().poll(&mut Context::from_waker(&flagging))
+    }
 }
 
 impl<'a> Rt<'a> {
@@ -84,6 +164,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            idle: Idle::new(),
         }
     }
 
@@ -104,6 +185,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
+            idle: Idle::new(),
         }
     }
 
@@ -118,6 +200,7 @@ impl<'a> Rt<'a> {
             nodename: String::new().into(),
             handle: None,
             config,
+            idle: Idle::new(),
         }
     }
 
@@ -133,9 +216,50 @@ impl<'a> Rt<'a> {
         self.handle.is_some()
     }
 
+    /// The host's time: its runtime's clock, plus the time it has idled
+    /// through without being driven (see [`Rt::idle`]).
     pub(crate) fn now(&self) -> Instant {
         let _guard = self.tokio.enter();
-        Instant::now()
+        Instant::now() + self.idle.lag
+    }
+
+    /// Whether driving the runtime for `duration` would do nothing at all:
+    /// nothing woke its `LocalSet` since its last tick and that tick left no
+    /// task of it woken, no task of the runtime's own scheduler is queued, and
+    /// no timer is due before the tick would end. Such a host can [`idle`]
+    /// instead: what it would see is the same, only its clock has to catch up.
+    ///
+    /// Without `tokio_unstable` the runtime cannot be looked into: never.
+    ///
+    /// [`idle`]: Rt::idle
+    pub(crate) fn can_idle(&self, duration: Duration) -> bool {
+        #[cfg(tokio_unstable)]
+        {
+            if self.idle.woken.load(Ordering::SeqCst) {
+                return false;
+            }
+            let handle = self.tokio.handle();
+            let metrics = handle.metrics();
+            if metrics.global_queue_depth() > 0 || metrics.worker_local_queue_depth(0) > 0 {
+                return false;
+            }
+            match handle.next_timer_deadline() {
+                None => true,
+                Some(deadline) => deadline > self.now() + duration,
+            }
+        }
+        #[cfg(not(tokio_unstable))]
+        {
+            let _ = duration;
+            false
+        }
+    }
+
+    /// Lets `duration` pass without driving the runtime; only valid when
+    /// [`Rt::can_idle`] said so. The next [`Rt::tick`] moves the clock on by
+    /// the time idled through before anything runs.
+    pub(crate) fn idle(&mut self, duration: Duration) {
+        self.idle.lag += duration;
     }
 
     // This method is called by [`Sim::run`], which iterates through all the
@@ -160,13 +284,33 @@ impl<'a> Rt<'a> {
     // Returns whether the software has finished successfully or the error
     // that caused failure. Subsequent calls do not return the error as it is
     // expected to fail the simulation.
+    //
+    // A host that idled (see [`Rt::idle`]) first catches its clock up, before
+    // anything runs: no timer was due in the time it idled through, so the
+    // clock can jump. The tick's sleep is polled with `block_on`'s own waker,
+    // every task wake with one that also marks the host as not idle.
     pub(crate) fn tick(&mut self, duration: Duration) -> Result<bool> {
-        self.tokio.block_on(async {
-            self.local
-                .run_until(async {
-                    sleep(duration).await;
-                })
-                .await
+        let lag = mem::take(&mut self.idle.lag);
+        if !lag.is_zero() {
+            #[cfg(tokio_unstable)]
+            self.tokio.handle().advance_paused_clock(lag);
+        }
+        self.idle.woken.store(false, Ordering::SeqCst);
+        let outer: Cell<Option<Waker>> = Cell::new(None);
+        let run = pin!(self.local.run_until(async {
+            let mut sleep = pin!(sleep(duration));
+            std::future::poll_fn(|_| {
+                let waker = outer.take().expect("tick polled outside `Watched`");
+                let polled = sleep.as_mut().poll(&mut Context::from_waker(&waker));
+                outer.set(Some(waker));
+                polled
+            })
+            .await
+        }));
+        self.tokio.block_on(Watched {
+            inner: run,
+            idle: &mut self.idle,
+            outer: &outer,
         });
 
         // pull for software completion
@@ -226,6 +370,7 @@ impl<'a> Rt<'a> {
 
         _ = mem::replace(&mut self.tokio, tokio);
         drop(mem::replace(&mut self.local, local));
+        self.idle = Idle::new();
     }
 }
 

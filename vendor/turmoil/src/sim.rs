@@ -447,6 +447,17 @@ impl<'a> Sim<'a> {
                 } = world.deref_mut();
                 topology.deliver_messages(rng, hosts.get_mut(&addr).expect("missing host"));
 
+                // A host with nothing to do until after this tick idles
+                // through it instead of being driven (see `Rt::can_idle`).
+                if rt.can_idle(tick) {
+                    rt.idle(tick);
+                    world.tick(addr, tick);
+                    if rt.is_client() {
+                        is_finished = false;
+                    }
+                    continue;
+                }
+
                 // Set the current host (see method docs)
                 world.current = Some(addr);
 
