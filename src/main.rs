@@ -3,11 +3,12 @@
 use clap::{Parser, Subcommand};
 use scenarios::checks::Invariant;
 use scenarios::explore::{explore, Explore};
-use scenarios::report::{failure_report, timeline, write_trace, Verdict};
+use scenarios::report::{failure_report, shown, timeline, write_html, write_trace, Verdict};
 use scenarios::runner;
 use scenarios::workers::orchsim::Orchsim;
 use scenarios::{find, names, Scenario, SCENARIOS};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// mimalloc rather than the system allocator: a simulated world allocates and frees small objects
@@ -45,6 +46,18 @@ enum Cmd {
         /// Switch on a known orchestrator bug (build with `--features known-bugs`).
         #[arg(long)]
         known_bug: Option<String>,
+        /// Keep exploring fresh seeds for this long (`90s`, `10m`, `2h`) instead of a count;
+        /// Ctrl-C stops early with the summary. Seeds come from a sequence seeded by
+        /// --first-seed.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, conflicts_with = "seeds")]
+        for_: Option<std::time::Duration>,
+        /// Append failing seeds to this directory's `<scenario>.txt` (default: the repository's
+        /// tests/regressions, which the seeded tests run; not with --known-bug unless given).
+        #[arg(long, value_name = "DIR")]
+        regressions: Option<std::path::PathBuf>,
+        /// Do not append failing seeds anywhere.
+        #[arg(long, conflicts_with = "regressions")]
+        no_regressions: bool,
     },
     /// Re-run one seed (or a written run, e.g. a shrunk one) and print its options, fault
     /// plan, timeline and verdict.
@@ -62,6 +75,9 @@ enum Cmd {
         /// Switch on a known orchestrator bug (build with `--features known-bugs`).
         #[arg(long, conflicts_with = "run")]
         known_bug: Option<String>,
+        /// Also write the timeline page (`.html`) of a passing run (a failing one always gets it).
+        #[arg(long)]
+        html: bool,
     },
     /// Re-run a failing seed with parts of its fault plan taken away until only the faults
     /// its failure needs are left; writes the shrunk run for `replay --run`.
@@ -113,7 +129,39 @@ fn scenario(name: &str) -> Result<&'static Scenario, String> {
     find(name).ok_or_else(|| format!("unknown scenario {name:?}; known: {}", names().join(", ")))
 }
 
-fn replay(v: &Verdict, quiet: bool) -> ExitCode {
+/// `90s`, `10m`, `2h`, `1h30m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration: write e.g. 90s, 10m, 2h or 1h30m");
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let (mut total, mut number) = (0u64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|x| total.checked_add(x)).ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// Set by Ctrl-C: exploration starts no new seed and prints its summary; a second Ctrl-C ends
+/// the program at once.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn replay(v: &Verdict, quiet: bool, html: bool) -> ExitCode {
     say!("scenario {} seed {}", v.scenario, v.seed);
     say!("options: {}", serde_json::to_string_pretty(&v.options).unwrap_or_default());
     say!("fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
@@ -123,7 +171,13 @@ fn replay(v: &Verdict, quiet: bool) -> ExitCode {
     let trace = write_trace(v).ok();
     say!("simulated {} ms; trace hash {}", v.sim_ms, v.trace_hash);
     if let Some(t) = &trace {
-        say!("trace written to {}", t.display());
+        say!("trace written to {}", shown(t));
+    }
+    if html && v.passed() {
+        match write_html(v, &format!("{}-seed-{}", v.scenario, v.seed)) {
+            Ok(p) => say!("timeline page written to {}", shown(&p)),
+            Err(e) => eprintln!("error: could not write the timeline page: {e}"),
+        }
     }
     for (k, n) in &v.counters {
         say!("  {k:<40} {n}");
@@ -166,7 +220,7 @@ fn shrink(sc: &Scenario, seed: u64, bug: Option<scenarios::KnownBug>) -> ExitCod
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Explore { seeds, scenario: name, first_seed, jobs, recheck_every, known_bug: bug } => {
+        Cmd::Explore { seeds, scenario: name, first_seed, jobs, recheck_every, known_bug: bug, for_, regressions, no_regressions } => {
             let parsed = name.as_deref().map(scenario).transpose().and_then(|s| Ok((s, known_bug(bug.as_deref())?)));
             let (only, bug) = match parsed {
                 Ok(x) => x,
@@ -176,14 +230,37 @@ fn main() -> ExitCode {
                 }
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
-            let cfg = Explore { seeds, only, first_seed, jobs, recheck_every };
+            let regressions = match (no_regressions, regressions, bug) {
+                (true, _, _) => None,
+                (false, Some(dir), _) => Some(dir),
+                // A known bug's failures are the bug's, not seeds the orchestrator must keep passing.
+                (false, None, Some(_)) => None,
+                (false, None, None) => Some(scenarios::regressions::default_dir()),
+            };
+            let _ = ctrlc::set_handler(|| {
+                if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupted: finishing the seeds running now, then the summary (Ctrl-C again to quit at once)");
+            });
+            let cfg = Explore {
+                seeds,
+                only,
+                first_seed,
+                jobs,
+                recheck_every,
+                duration: for_,
+                stop: Some(&INTERRUPTED),
+                regressions,
+                found_with: bug.map(|b| format!("known bug {}", b.name())),
+            };
             if explore(&cfg, &|sc: &Scenario, seed| sc.run_with_bug(seed, bug), &mut Stdout) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Replay { scenario: name, seed, run, quiet, known_bug: bug } => {
+        Cmd::Replay { scenario: name, seed, run, quiet, known_bug: bug, html } => {
             let verdict = match (run, name, seed) {
                 (Some(path), _, _) => runner::RunFile::read(&path).map(|run| runner::replay(&Orchsim { bug: run.options.known_bug }, &run)),
                 (None, Some(name), Some(seed)) => {
@@ -192,7 +269,7 @@ fn main() -> ExitCode {
                 _ => Err("give --scenario and --seed, or --run".into()),
             };
             match verdict {
-                Ok(v) => replay(&v, quiet),
+                Ok(v) => replay(&v, quiet, html),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)

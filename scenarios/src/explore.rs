@@ -3,12 +3,15 @@
 //! Wall-clock time is read here only to report seeds per second, never inside a run.
 
 use crate::checks::Invariant;
-use crate::report::{failure_report, write_trace, Verdict};
+use crate::report::{failure_report, first_divergence, write_trace, Verdict};
 use crate::suite::{default_set, find, Scenario};
 use crate::workers::Worker;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,16 +32,46 @@ struct Tally {
 }
 
 /// What to explore.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Explore {
-    /// Seeds to run, spread over the default scenarios unless `only` is given.
+    /// Seeds to run, spread over the default scenarios unless `only` is given (ignored when
+    /// `duration` is set).
     pub seeds: u64,
     pub only: Option<&'static Scenario>,
+    /// With a count, the first seed (seeds `first_seed..first_seed + seeds`); with a duration,
+    /// the seed of the sequence fresh seeds are drawn from.
     pub first_seed: u64,
     /// Threads (at least one).
     pub jobs: usize,
     /// Re-run one seed in this many and compare trace hashes (0: never).
     pub recheck_every: u64,
+    /// Keep exploring for this long instead of a count of seeds, drawing fresh seeds from a
+    /// sequence seeded by `first_seed` (the same sequence on every run with that seed).
+    pub duration: Option<Duration>,
+    /// When set (by a Ctrl-C handler), no further seed starts; the summary covers those run.
+    pub stop: Option<&'static AtomicBool>,
+    /// Each failing seed is appended to `<dir>/<scenario>.txt` as `scenario seed # invariants`
+    /// (see [`crate::regressions`]), unless already there.
+    pub regressions: Option<PathBuf>,
+    /// What a regression line adds about how the seed was found (e.g. `known bug X`).
+    pub found_with: Option<String>,
+}
+
+impl Explore {
+    /// `seeds` seeds from seed 0 over the default scenarios on one thread, one in 20 re-run.
+    pub fn seeds(seeds: u64) -> Explore {
+        Explore {
+            seeds,
+            only: None,
+            first_seed: 0,
+            jobs: 1,
+            recheck_every: 20,
+            duration: None,
+            stop: None,
+            regressions: None,
+            found_with: None,
+        }
+    }
 }
 
 /// Explores `worker`'s seeds and writes the report to `out`; true if nothing failed.
@@ -46,112 +79,165 @@ pub fn explore_worker(worker: &dyn Worker, cfg: &Explore, out: &mut dyn Write) -
     explore(cfg, &|sc: &Scenario, seed| sc.run_worker(worker, seed), out)
 }
 
-/// Runs `cfg.seeds` seeds on `cfg.jobs` threads through `run` (one seed of one scenario),
-/// re-running a sample to check determinism, with progress on stderr; prints per scenario the
-/// seeds, violations, seeds/s per thread and simulated/wall time, the counters, the
-/// expectations met, the violated invariants and the first failures' reports. True if no seed
+/// How often progress is written as a line when stderr is not a terminal (a CI log).
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs seeds on `cfg.jobs` threads through `run` (one seed of one scenario) — `cfg.seeds` of
+/// them, or fresh ones for `cfg.duration`, until `cfg.stop` — re-running a sample to check
+/// determinism (a mismatch names the first history entry where the two runs part), with
+/// progress on stderr; prints per scenario the seeds, violations, seeds/s per thread and
+/// simulated/wall time, the counters, the expectations met, the violated invariants and the
+/// first failures' reports, and appends failing seeds to `cfg.regressions`. True if no seed
 /// failed, panicked or diverged and every judged expectation was met.
 pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync), out: &mut dyn Write) -> bool {
-    let Explore { seeds, only, first_seed: first, jobs, recheck_every } = *cfg;
-    let jobs = jobs.max(1);
+    let Explore { seeds, only, first_seed: first, recheck_every, duration, stop, .. } = cfg.clone();
+    let jobs = cfg.jobs.max(1);
     let defaults = default_set();
-    let plan: Vec<(&'static Scenario, u64)> = (0..seeds)
-        .map(|i| {
-            let s = only.unwrap_or_else(|| defaults[(i % defaults.len() as u64) as usize]);
-            (s, first + i)
-        })
-        .collect();
-    eprintln!(
-        "exploring {} seeds from {first} on {jobs} threads; scenarios: {}",
-        plan.len(),
-        match only {
-            Some(s) => s.name.to_string(),
-            None => defaults.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+    let pick = |i: u64| only.unwrap_or_else(|| defaults[(i % defaults.len() as u64) as usize]);
+    let scenarios = match only {
+        Some(s) => s.name.to_string(),
+        None => defaults.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+    };
+    match duration {
+        None => eprintln!("exploring {seeds} seeds from {first} on {jobs} threads; scenarios: {scenarios}"),
+        Some(d) => eprintln!(
+            "exploring for {} s on {jobs} threads, fresh seeds from sequence {first} (Ctrl-C stops early); scenarios: {scenarios}",
+            d.as_secs()
+        ),
+    }
+    // The i-th seed run: `first + i`, or the i-th draw of the sequence (drawn in order under
+    // the lock, so the same sequence seed gives the same seeds whatever the threads do).
+    let sequence = Mutex::new((0u64, rand_chacha::ChaCha8Rng::seed_from_u64(first)));
+    let start = Instant::now();
+    let deadline = duration.map(|d| start + d);
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    let take = || -> Option<(&'static Scenario, u64)> {
+        if stopped() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
         }
-    );
-    let next = AtomicU64::new(0);
+        let mut g = sequence.lock().unwrap();
+        let i = g.0;
+        if duration.is_none() && i >= seeds {
+            return None;
+        }
+        g.0 += 1;
+        let seed = match duration {
+            None => first + i,
+            // 48 bits: as fresh as 64, and shorter to read and type.
+            Some(_) => g.1.random::<u64>() >> 16,
+        };
+        Some((pick(i), seed))
+    };
     let done = AtomicU64::new(0);
+    let finished_threads = AtomicU64::new(0);
     let failed_seeds = AtomicU64::new(0);
     let tallies: Mutex<BTreeMap<&'static str, Tally>> = Mutex::new(BTreeMap::new());
     let failures: Mutex<Vec<Verdict>> = Mutex::new(Vec::new());
     let mismatches: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let panics: Mutex<Vec<(&str, u64, String)>> = Mutex::new(Vec::new());
     let rechecked = AtomicU64::new(0);
-    let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..jobs {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(&(sc, seed)) = plan.get(i as usize) else { break };
-                let t = Instant::now();
-                // A seed that panics the harness is reported, and does not stop the others (nor
-                // leave the progress loop waiting for a count that never comes).
-                let v = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(sc, seed))) {
-                    Ok(v) => v,
-                    Err(p) => {
-                        let why = p
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        panics.lock().unwrap().push((sc.name, seed, why));
-                        done.fetch_add(1, Ordering::SeqCst);
-                        continue;
+            s.spawn(|| {
+                while let Some((sc, seed)) = take() {
+                    let t = Instant::now();
+                    // A seed that panics the harness is reported, and does not stop the others.
+                    let v = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(sc, seed))) {
+                        Ok(v) => v,
+                        Err(p) => {
+                            let why = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            panics.lock().unwrap().push((sc.name, seed, why));
+                            done.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                    };
+                    let wall = t.elapsed();
+                    if recheck_every > 0 && seed % recheck_every == 0 {
+                        rechecked.fetch_add(1, Ordering::SeqCst);
+                        let again = run(sc, seed);
+                        if again.trace_hash != v.trace_hash {
+                            let mut m = format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash);
+                            if let Some(d) = first_divergence(&v.history, &again.history) {
+                                m += &format!("\n    {d}");
+                            }
+                            mismatches.lock().unwrap().push(m);
+                        }
                     }
-                };
-                let wall = t.elapsed();
-                if recheck_every > 0 && seed % recheck_every == 0 {
-                    rechecked.fetch_add(1, Ordering::SeqCst);
-                    let again = run(sc, seed);
-                    if again.trace_hash != v.trace_hash {
-                        mismatches
-                            .lock()
-                            .unwrap()
-                            .push(format!("{} seed {}: trace hash {} then {}", sc.name, seed, v.trace_hash, again.trace_hash));
-                    }
-                }
-                {
-                    let mut g = tallies.lock().unwrap();
-                    let t = g.entry(sc.name).or_default();
-                    t.seeds += 1;
-                    t.run_wall += wall;
-                    t.sim_ms += v.sim_ms;
-                    for (k, n) in &v.counters {
-                        *t.counters.entry(k).or_default() += n;
+                    {
+                        let mut g = tallies.lock().unwrap();
+                        let t = g.entry(sc.name).or_default();
+                        t.seeds += 1;
+                        t.run_wall += wall;
+                        t.sim_ms += v.sim_ms;
+                        for (k, n) in &v.counters {
+                            *t.counters.entry(k).or_default() += n;
+                        }
+                        if !v.passed() {
+                            t.failed += 1;
+                        }
                     }
                     if !v.passed() {
-                        t.failed += 1;
+                        failed_seeds.fetch_add(1, Ordering::SeqCst);
+                        failures.lock().unwrap().push(v);
                     }
+                    done.fetch_add(1, Ordering::SeqCst);
                 }
-                if !v.passed() {
-                    failed_seeds.fetch_add(1, Ordering::SeqCst);
-                    failures.lock().unwrap().push(v);
-                }
-                done.fetch_add(1, Ordering::SeqCst);
+                finished_threads.fetch_add(1, Ordering::SeqCst);
             });
         }
-        // Progress, from this thread.
-        let total = plan.len() as u64;
+        // Progress, from this thread: a bar on a terminal, a line every few seconds otherwise.
+        let on_terminal = std::io::stderr().is_terminal();
+        let bar = if on_terminal {
+            let (len, template) = match duration {
+                None => (seeds, "[{bar:30}] {pos}/{len} seeds  {msg}"),
+                Some(d) => (d.as_secs().max(1), "[{bar:30}] {pos}/{len} s  {msg}"),
+            };
+            let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
+            b.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("#>."));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut last_line = Instant::now();
         loop {
             let d = done.load(Ordering::SeqCst);
             let el = start.elapsed().as_secs_f64().max(1e-9);
-            let width: u64 = 30;
-            let filled = if total == 0 { width } else { (d * width / total).min(width) } as usize;
-            eprint!(
-                "\r[{}{}] {d}/{total} seeds  {:.1} seeds/s  {} failing   ",
-                "#".repeat(filled),
-                ".".repeat(width as usize - filled),
-                d as f64 / el,
-                failed_seeds.load(Ordering::SeqCst)
-            );
-            let _ = std::io::stderr().flush();
-            if d >= total {
-                eprintln!();
+            let msg = format!("{:.1} seeds/s  {} failing", d as f64 / el, failed_seeds.load(Ordering::SeqCst));
+            match duration {
+                None => bar.set_position(d),
+                Some(_) => {
+                    bar.set_position(start.elapsed().as_secs());
+                    bar.set_message(format!("{d} seeds  {msg}"));
+                }
+            }
+            if duration.is_none() {
+                bar.set_message(msg.clone());
+            }
+            let all_done = finished_threads.load(Ordering::SeqCst) >= jobs as u64;
+            if !on_terminal && (last_line.elapsed() >= PROGRESS_LINE_EVERY || all_done) {
+                last_line = Instant::now();
+                match duration {
+                    None => eprintln!("progress: {d}/{seeds} seeds  {msg}  ({el:.0} s)"),
+                    Some(t) => eprintln!("progress: {d} seeds  {msg}  ({el:.0}/{} s)", t.as_secs()),
+                }
+            }
+            if all_done {
+                bar.finish_and_clear();
                 break;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
     });
+    let ran = done.load(Ordering::SeqCst);
+    if stopped() {
+        say!(out, "\nstopped (interrupted) after {ran} seeds; the summary covers those");
+    } else if duration.is_some() {
+        say!(out, "\ntime up after {ran} seeds");
+    }
     let elapsed = start.elapsed();
     say!(out, "\n{:<12} {:>6} {:>10} {:>16} {:>14}", "scenario", "seeds", "violating", "seeds/s/thread", "sim/wall");
     let tallies = tallies.into_inner().unwrap();
@@ -165,10 +251,9 @@ pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync), 
     }
     say!(
         out,
-        "\ntotal: {} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads",
-        plan.len(),
+        "\ntotal: {ran} seeds in {:.1} s = {:.1} seeds/s on {jobs} threads",
         elapsed.as_secs_f64(),
-        plan.len() as f64 / elapsed.as_secs_f64()
+        ran as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     let names: Vec<&str> = tallies.keys().copied().collect();
     say!(out, "\n{:<40}{}{:>10}", "events", names.iter().map(|n| format!("{n:>12}")).collect::<String>(), "all");
@@ -241,6 +326,19 @@ pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync), 
     for v in failures.iter().take(5) {
         let trace = write_trace(v).ok();
         say!(out, "\n{}", failure_report(v, trace.as_deref()));
+    }
+    if let Some(dir) = &cfg.regressions {
+        if !failures.is_empty() {
+            match crate::regressions::append(dir, &failures, cfg.found_with.as_deref()) {
+                Ok(0) => say!(out, "\nregressions: every failing seed is already in {}", crate::report::shown(dir)),
+                Ok(n) => say!(
+                    out,
+                    "\nregressions: {n} failing seeds appended to {} (the seeded tests run them from now on)",
+                    crate::report::shown(dir)
+                ),
+                Err(e) => say!(out, "\nregressions: could not append to {}: {e}", crate::report::shown(dir)),
+            }
+        }
     }
     if failures.is_empty() && mismatches.is_empty() && unmet_total == 0 && panics.is_empty() {
         say!(out, "0 violations, 0 unmet expectations");

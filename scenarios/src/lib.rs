@@ -20,6 +20,8 @@ pub mod checks;
 pub mod contract;
 pub mod explore;
 pub mod history;
+pub mod html;
+pub mod regressions;
 pub mod report;
 pub mod runner;
 pub mod suite;

@@ -210,12 +210,22 @@ pub fn run_plan_with(worker: &dyn Worker, options: &Options, plan: &FaultPlan, s
     }
 }
 
-/// Where traces go: `<workspace>/target/orchsim/`.
+/// Where traces go: `$CARGO_TARGET_DIR/orchsim/`, else `<workspace>/target/orchsim/`.
 pub fn trace_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => PathBuf::from(d).join("orchsim"),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/orchsim")),
+        None => {
+            let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            crate_dir.parent().unwrap_or(crate_dir).join("target").join("orchsim")
+        }
     }
+}
+
+/// A path as a person should read it: relative to the current directory when it lies under
+/// it (`target/orchsim/calm-seed-3.trace.jsonl`), else as it is.
+pub fn shown(path: &std::path::Path) -> String {
+    let rel = std::env::current_dir().ok().and_then(|cwd| path.strip_prefix(&cwd).ok().map(std::path::Path::to_path_buf));
+    rel.unwrap_or_else(|| path.to_path_buf()).display().to_string()
 }
 
 /// Writes the trace (JSON lines) and the run's options and plan; returns the trace path.
@@ -228,14 +238,31 @@ pub fn run_file(base: &str) -> PathBuf {
     trace_dir().join(format!("{base}.run.json"))
 }
 
-/// As [`write_trace`], under the file name stem `base` (a shrunk run gets its own).
+/// As [`write_trace`], under the file name stem `base` (a shrunk run gets its own). A failing
+/// run also gets its timeline page, `<base>.html` ([`crate::html`]).
 pub fn write_trace_named(v: &Verdict, base: &str) -> std::io::Result<PathBuf> {
     let dir = trace_dir();
     std::fs::create_dir_all(&dir)?;
     let trace = dir.join(format!("{base}.trace.jsonl"));
     std::fs::write(&trace, json_lines(&v.history))?;
     crate::runner::RunFile::of(v).write(&run_file(base))?;
+    if !v.passed() {
+        write_html(v, base)?;
+    }
     Ok(trace)
+}
+
+/// The path of the timeline page [`write_html`] writes next to the trace.
+pub fn html_file(base: &str) -> PathBuf {
+    trace_dir().join(format!("{base}.html"))
+}
+
+/// Writes the run's timeline page ([`crate::html::page`]) as `<base>.html`; returns its path.
+pub fn write_html(v: &Verdict, base: &str) -> std::io::Result<PathBuf> {
+    let path = html_file(base);
+    std::fs::create_dir_all(trace_dir())?;
+    std::fs::write(&path, crate::html::page(v))?;
+    Ok(path)
 }
 
 /// The failure report: what broke, the evidence, and how to get it back.
@@ -252,13 +279,22 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
     let _ = writeln!(s, "fault plan: {}", serde_json::to_string(&v.plan).unwrap_or_default());
     let _ = writeln!(s, "trace hash: {}", v.trace_hash);
     if let Some(t) = trace {
-        let _ = writeln!(s, "trace: {}", t.display());
+        let _ = writeln!(s, "trace: {}", shown(t));
+        if let Some(page) = t.to_str().and_then(|t| t.strip_suffix(".trace.jsonl")).map(|b| PathBuf::from(format!("{b}.html"))) {
+            if page.exists() {
+                let _ = writeln!(s, "timeline page: {}", shown(&page));
+            }
+        }
     }
     if !v.worker.starts_with("orchsim") {
         // A worker of the user's own: replayed through the library.
         match trace.and_then(|t| t.to_str()).and_then(|t| t.strip_suffix(".trace.jsonl")) {
             Some(base) => {
-                let _ = writeln!(s, "reproduce: scenarios::runner::replay_file(&your_worker, \"{base}.run.json\")");
+                let _ = writeln!(
+                    s,
+                    "reproduce: scenarios::runner::replay_file(&your_worker, \"{}.run.json\")",
+                    shown(std::path::Path::new(base))
+                );
                 let _ = writeln!(s, "shrink the fault plan: scenarios::runner::shrink(&your_worker, &verdict)");
             }
             None => {
@@ -274,7 +310,7 @@ pub fn failure_report(v: &Verdict, trace: Option<&std::path::Path>) -> String {
         // An explicit plan (a shrunk one): the seed alone would regenerate the full plan.
         match trace.and_then(|t| t.to_str()).and_then(|t| t.strip_suffix(".trace.jsonl")) {
             Some(base) => {
-                let _ = writeln!(s, "reproduce: cargo run --release -- replay --run {base}.run.json");
+                let _ = writeln!(s, "reproduce: cargo run --release -- replay --run {}.run.json", shown(std::path::Path::new(base)));
             }
             None => {
                 let _ = writeln!(s, "reproduce: write this run (options, plan, seed) to a .run.json and `replay --run` it");
@@ -375,6 +411,18 @@ pub fn describe(ev: &Ev) -> String {
         Ev::RedisClockJumped { delta_ms, offset_ms } => format!("FAULT redis clock jumped {delta_ms:+} ms (now {offset_ms:+} ms off)"),
         Ev::RedisLostWrites { lost, durability } => format!("FAULT redis crash LOST {lost} applied writes ({durability:?})"),
     }
+}
+
+/// Where two runs of one seed part: the first history entry that differs (index, simulated
+/// time, both entries), or `None` if the histories are equal.
+pub fn first_divergence(a: &[Entry], b: &[Entry]) -> Option<String> {
+    let i = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i))?;
+    let side = |h: &[Entry]| match h.get(i) {
+        Some(e) => format!("{} ms  {}", e.t_ms, describe(&e.ev)),
+        None => format!("(history ends after {} entries)", h.len()),
+    };
+    let t = [a.get(i), b.get(i)].into_iter().flatten().map(|e| e.t_ms).min().unwrap_or(0);
+    Some(format!("first divergence at history entry #{i} (t = {t} ms):\n      first run:  {}\n      second run: {}", side(a), side(b)))
 }
 
 /// A readable timeline of a run, one line per event.

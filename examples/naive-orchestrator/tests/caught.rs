@@ -108,7 +108,7 @@ fn a_failure_shrinks_and_the_shrunk_run_replays_from_its_file() {
 #[test]
 fn the_explore_engine_runs_a_foreign_worker_and_reports_it_failing() {
     use scenarios::explore::{explore_worker, Explore};
-    let cfg = Explore { seeds: 11, only: None, first_seed: 0, jobs: 2, recheck_every: 5 };
+    let cfg = Explore { jobs: 2, recheck_every: 5, ..Explore::seeds(11) };
     let mut report = Vec::new();
     assert!(!explore_worker(&Naive, &cfg, &mut report), "eleven seeds, one per scenario, and the naive orchestrator passed them all");
     let report = String::from_utf8(report).unwrap();
