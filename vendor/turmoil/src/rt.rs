@@ -78,9 +78,21 @@ pub struct Rt<'a> {
 /// would do nothing.
 struct Idle {
     /// Set whenever the host's `LocalSet` is woken (a message delivered, a
-    /// timer fired for one of its tasks, a task left ready when a tick ended),
-    /// and when the runtime is (re)created; cleared when a tick starts.
+    /// timer fired for one of its tasks, a task left ready by the `LocalSet`'s
+    /// own budget), and when the runtime is (re)created. Cleared when a tick
+    /// starts and when the `LocalSet` is about to run its ready tasks (the poll
+    /// of `run_until` that ends the tick runs none, and keeps it): after a tick
+    /// it says whether a task was woken that has not run since.
     woken: Arc<AtomicBool>,
+
+    /// The runtime's clock when its last tick ended, and its earliest timer
+    /// then. Only the runtime's own tasks set timers, and they run only in its
+    /// ticks, so between ticks neither changes (a timer cancelled meanwhile
+    /// only makes `next_timer` early, which is safe).
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    clock: Option<Instant>,
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    next_timer: Option<Instant>,
 
     /// The waker `block_on` polls a tick with (the runtime's own), and the
     /// one handed to the `LocalSet` in its place, which also sets `woken`.
@@ -95,6 +107,8 @@ impl Idle {
     fn new() -> Self {
         Idle {
             woken: Arc::new(AtomicBool::new(true)),
+            clock: None,
+            next_timer: None,
             wakers: None,
             lag: Duration::ZERO,
         }
@@ -144,7 +158,15 @@ impl<F: Future> Future for Watched<'_, F> {
             }
         };
         me.outer.set(Some(cx.waker().clone()));
-        me.inner.as_mut().poll(&mut Context::from_waker(&flagging))
+        // `run_until` runs the `LocalSet`'s ready tasks after polling the tick's
+        // sleep, unless the sleep is over: a wake before this poll is then still
+        // owed a run, one before a poll that runs tasks is not.
+        let before = me.idle.woken.swap(false, Ordering::SeqCst);
+        let polled = me.inner.as_mut().poll(&mut Context::from_waker(&flagging));
+        if before && polled.is_ready() {
+            me.idle.woken.store(true, Ordering::SeqCst);
+        }
+        polled
     }
 }
 
@@ -238,15 +260,14 @@ impl<'a> Rt<'a> {
             if self.idle.woken.load(Ordering::SeqCst) {
                 return false;
             }
-            let handle = self.tokio.handle();
-            let metrics = handle.metrics();
-            if metrics.global_queue_depth() > 0 || metrics.worker_local_queue_depth(0) > 0 {
+            let Some(clock) = self.idle.clock else {
+                return false;
+            };
+            if self.idle.next_timer.is_some_and(|t| t <= clock + self.idle.lag + duration) {
                 return false;
             }
-            match handle.next_timer_deadline() {
-                None => true,
-                Some(deadline) => deadline > self.now() + duration,
-            }
+            let metrics = self.tokio.handle().metrics();
+            metrics.global_queue_depth() == 0 && metrics.worker_local_queue_depth(0) == 0
         }
         #[cfg(not(tokio_unstable))]
         {
@@ -312,6 +333,11 @@ impl<'a> Rt<'a> {
             idle: &mut self.idle,
             outer: &outer,
         });
+        #[cfg(tokio_unstable)]
+        {
+            self.idle.clock = Some(self.now());
+            self.idle.next_timer = self.tokio.handle().next_timer_deadline();
+        }
 
         // pull for software completion
         match &self.handle {

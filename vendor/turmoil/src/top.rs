@@ -3,7 +3,6 @@ use crate::host::Host;
 use crate::rt::Rt;
 use crate::{config, TRACING_TARGET};
 
-use indexmap::IndexMap;
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
 use std::collections::VecDeque;
@@ -17,18 +16,27 @@ pub(crate) struct Topology {
     config: config::Link,
 
     /// Specific configuration overrides between specific hosts.
-    links: IndexMap<Pair, Link>,
+    links: crate::fxhash::FxIndexMap<Pair, Link>,
 
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
     rt: Rt<'static>,
 
-    /// False only when no link has a message ready to deliver: set whenever
-    /// a message is sent or a tick makes one ready, cleared by a delivery
-    /// pass that finds every link empty. Lets the passes of most host ticks
-    /// (which have nothing to deliver) skip walking every link.
-    maybe_deliverable: bool,
+    /// The hosts some link may have a message ready for: a host is added when
+    /// a tick or a send makes a message ready for it, and removed by its
+    /// delivery pass. Lets the passes of most host ticks (which have nothing
+    /// to deliver) skip walking every link.
+    ready: Vec<IpAddr>,
+}
+
+/// Adds to `ready` every host `link` has a message ready for.
+fn mark_ready(ready: &mut Vec<IpAddr>, link: &Link) {
+    for (addr, queue) in &link.deliverable {
+        if !queue.is_empty() && !ready.contains(addr) {
+            ready.push(*addr);
+        }
+    }
 }
 
 /// This type is used as the key in the [`Topology::links`] map. See [`new`]
@@ -156,7 +164,7 @@ struct Link {
     sent: VecDeque<Sent>,
 
     /// Messages that are ready to be delivered.
-    deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
+    deliverable: crate::fxhash::FxIndexMap<IpAddr, VecDeque<Envelope>>,
 
     /// The current network time, moved forward with [`Link::tick`].
     now: Instant,
@@ -182,9 +190,9 @@ impl Topology {
     pub(crate) fn new(config: config::Link) -> Topology {
         Topology {
             config,
-            links: IndexMap::new(),
+            links: Default::default(),
             rt: Rt::no_software(),
-            maybe_deliverable: false,
+            ready: Vec::new(),
         }
     }
 
@@ -246,8 +254,9 @@ impl Topology {
         message: Protocol,
     ) -> Result<()> {
         if let Some(link) = self.links.get_mut(&Pair::new(src.ip(), dst.ip())) {
-            self.maybe_deliverable = true;
-            link.enqueue_message(&self.config, rand, src, dst, message)
+            let sent = link.enqueue_message(&self.config, rand, src, dst, message);
+            mark_ready(&mut self.ready, link);
+            sent
         } else {
             Err(Error::new(
                 ErrorKind::ConnectionRefused,
@@ -258,17 +267,17 @@ impl Topology {
 
     // Move messages from any network links to the `dst` host.
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
-        if !self.maybe_deliverable {
+        let Some(at) = self.ready.iter().position(|a| *a == dst.addr) else {
             return;
-        }
-        let mut any_left = false;
+        };
+        self.ready.swap_remove(at);
         for (pair, link) in &mut self.links {
             if pair.0 == dst.addr || pair.1 == dst.addr {
                 link.deliver_messages(&self.config, rand, dst);
+                // A message the host could not take goes back on the link.
+                mark_ready(&mut self.ready, link);
             }
-            any_left |= !link.deliverable.is_empty();
         }
-        self.maybe_deliverable = any_left;
     }
 
     pub(crate) fn hold(&mut self, a: IpAddr, b: IpAddr) {
@@ -308,7 +317,7 @@ impl Topology {
         let now = self.rt.now();
         for link in self.links.values_mut() {
             link.tick(now);
-            self.maybe_deliverable |= !link.deliverable.is_empty();
+            mark_ready(&mut self.ready, link);
         }
     }
 
@@ -352,7 +361,7 @@ impl Link {
             state_b_a: State::Healthy,
             config: config::Link::default(),
             sent: VecDeque::new(),
-            deliverable: IndexMap::new(),
+            deliverable: Default::default(),
             now,
         }
     }
