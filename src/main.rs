@@ -133,7 +133,7 @@ fn scenario(name: &str) -> Result<&'static Scenario, String> {
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{text:?} is not a duration: write e.g. 90s, 10m, 2h or 1h30m");
     if let Ok(secs) = text.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
+        return if secs > 0 { Ok(std::time::Duration::from_secs(secs)) } else { Err(bad()) };
     }
     let (mut total, mut number) = (0u64, String::new());
     for c in text.chars() {
@@ -289,6 +289,24 @@ fn main() -> ExitCode {
                 say!("{:<12} {}{mark}", s.name, s.about);
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_written_and_anything_else_is_refused_with_an_example() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "0", "0s", "m", "10x", "5m3", "1.5h", "99999999999999999999h"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("not a duration") && e.contains("90s"), "{bad}: {e}");
         }
     }
 }

@@ -208,14 +208,14 @@ pub fn explore(cfg: &Explore, run: &(dyn Fn(&Scenario, u64) -> Verdict + Sync), 
             let el = start.elapsed().as_secs_f64().max(1e-9);
             let msg = format!("{:.1} seeds/s  {} failing", d as f64 / el, failed_seeds.load(Ordering::SeqCst));
             match duration {
-                None => bar.set_position(d),
+                None => {
+                    bar.set_position(d);
+                    bar.set_message(msg.clone());
+                }
                 Some(_) => {
                     bar.set_position(start.elapsed().as_secs());
                     bar.set_message(format!("{d} seeds  {msg}"));
                 }
-            }
-            if duration.is_none() {
-                bar.set_message(msg.clone());
             }
             let all_done = finished_threads.load(Ordering::SeqCst) >= jobs as u64;
             if !on_terminal && (last_line.elapsed() >= PROGRESS_LINE_EVERY || all_done) {
