@@ -9,8 +9,10 @@
 use super::commands::{self, arity_ok, lookup};
 use super::keyspace::Keyspace;
 use crate::resp::Reply;
+use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue, VmState};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Lua instructions one script may run before the model stops it (Redis would keep running it
 /// and answer `BUSY` to everyone else; a simulation must end).
@@ -147,6 +149,38 @@ unsafe extern "C-unwind" fn redis_call(state: *mut mlua::ffi::lua_State) -> std:
     }
     ffi::lua_pop(state, 1);
     1
+}
+
+/// Scripts compiled in this process, by SHA1 of their body: the Lua 5.1 bytecode (with its debug
+/// information, so error lines are the same) or the compile error's message. Every simulated
+/// Redis start used to parse the same few script bodies again (a tenth of a seed's Lua time);
+/// loading the bytecode gives the same function without the parser. Bounded: past
+/// `COMPILED_MAX` bodies, new ones are compiled without being kept.
+static COMPILED: Mutex<BTreeMap<String, Result<Arc<[u8]>, String>>> = Mutex::new(BTreeMap::new());
+const COMPILED_MAX: usize = 4_096;
+
+/// The prelude's bytecode, compiled once per process.
+static PRELUDE_BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Compiles a script body as Redis 7 does (a text chunk named `@user_script`; a body that is
+/// bytecode is refused, as Redis refuses it), or loads its cached bytecode.
+fn compile(lua: &Lua, sha: &str, body: &[u8]) -> Result<Function, String> {
+    let cached = COMPILED.lock().unwrap_or_else(|p| p.into_inner()).get(sha).cloned();
+    if let Some(c) = cached {
+        return match c {
+            Ok(code) => lua.load(&code[..]).set_name("@user_script").set_mode(ChunkMode::Binary).into_function().map_err(|e| e.to_string()),
+            Err(msg) => Err(msg),
+        };
+    }
+    let compiled = lua.load(body).set_name("@user_script").set_mode(ChunkMode::Text).into_function().map_err(|e| match &e {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        other => other.to_string(),
+    });
+    let mut cache = COMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() < COMPILED_MAX {
+        cache.insert(sha.to_string(), compiled.as_ref().map(|f| Arc::from(f.dump(false))).map_err(String::clone));
+    }
+    compiled
 }
 
 pub(crate) struct Scripting {
@@ -329,7 +363,16 @@ impl Scripting {
         for (name, f) in [("__rcall", rcall), ("__rcallc", rcallc), ("__rsha1", sha1), ("__rrandom", random), ("__rseed", seed)] {
             g.raw_set(name, f).expect("install a builtin");
         }
-        let (runner, sandbox): (Function, Function) = lua.load(PRELUDE).set_name("=prelude").call(()).expect("the scripting prelude runs");
+        let prelude = PRELUDE_BYTECODE.get_or_init(|| {
+            lua.load(PRELUDE)
+                .set_name("=prelude")
+                .set_mode(ChunkMode::Text)
+                .into_function()
+                .expect("the scripting prelude compiles")
+                .dump(false)
+        });
+        let (runner, sandbox): (Function, Function) =
+            lua.load(&prelude[..]).set_name("=prelude").set_mode(ChunkMode::Binary).call(()).expect("the scripting prelude runs");
         lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), |lua, _| {
             // Compiling and the prelude run outside a script: no budget there.
             let Some(mut ctx) = lua.app_data_mut::<Ctx>() else { return Ok(VmState::Continue) };
@@ -365,14 +408,9 @@ impl Scripting {
             return Ok(sha);
         }
         // Redis 7 compiles the body itself as a chunk named `@user_script`.
-        let compiled = self.lua.load(body).set_name("@user_script").into_function().and_then(|f| self.sandbox.call::<Function>(f));
-        let f = compiled.map_err(|e| {
-            let msg = match &e {
-                mlua::Error::SyntaxError { message, .. } => message.clone(),
-                other => other.to_string(),
-            };
-            Reply::err(format!("ERR Error compiling script (new function): {}", msg.replace(['\r', '\n'], " ")))
-        })?;
+        let f = compile(&self.lua, &sha, body)
+            .and_then(|f| self.sandbox.call::<Function>(f).map_err(|e| e.to_string()))
+            .map_err(|msg| Reply::err(format!("ERR Error compiling script (new function): {}", msg.replace(['\r', '\n'], " "))))?;
         self.cache.insert(sha.clone(), f);
         Ok(sha)
     }
@@ -435,6 +473,36 @@ mod tests {
         assert_eq!(number_arg(-42.0), "-42");
         assert_eq!(number_arg(1.5), "1.5");
         assert_eq!(number_arg(0.1), "0.10000000000000001");
+    }
+
+    #[test]
+    fn a_script_from_the_process_cache_is_the_script_compiled_fresh() {
+        // Bodies no other test uses, so the first `load` here compiles and the second process
+        // (a new `Scripting`, as after a restart) loads the cached bytecode.
+        let ok = b"local n = tonumber(ARGV[1]) -- cache test\nreturn {n * 2, KEYS[1]}";
+        let failing = b"-- cache test\nlocal a = 1\nreturn redis.call('INCR', KEYS[1])";
+        let broken = b"return ( -- cache test";
+        let run = |body: &[u8]| {
+            let mut s = Scripting::new();
+            let mut ks = Keyspace::default();
+            super::commands::call(&mut ks, lookup(b"SET").unwrap(), &[b"SET".to_vec(), b"k".to_vec(), b"x".to_vec()]);
+            match s.load(body) {
+                Ok(sha) => s.run(&mut ks, &sha, &[b"k".to_vec()], &[b"21".to_vec()]),
+                Err(e) => e,
+            }
+        };
+        for body in [&ok[..], &failing[..], &broken[..]] {
+            let first = run(body);
+            assert!(COMPILED.lock().unwrap().contains_key(&sha1_hex(body)), "{first:?} was not kept");
+            assert_eq!(run(body), first);
+        }
+        assert_eq!(run(ok), Reply::Array(vec![Reply::Int(42), Reply::bulk("k")]));
+        // The error names the script's line from the cached bytecode's debug information.
+        assert!(matches!(run(failing), Reply::Error(e) if e.contains("@user_script:3.")), "{:?}", run(failing));
+        assert!(matches!(run(broken), Reply::Error(e) if e.starts_with("ERR Error compiling script")));
+        // A body that is bytecode is refused, as Redis refuses it: only the model loads bytecode.
+        let code = COMPILED.lock().unwrap().get(&sha1_hex(ok)).cloned().unwrap().unwrap();
+        assert!(matches!(Scripting::new().load(&code), Err(Reply::Error(e)) if e.contains("binary chunk")));
     }
 
     #[test]
