@@ -156,7 +156,8 @@ unsafe extern "C-unwind" fn redis_call(state: *mut mlua::ffi::lua_State) -> std:
 /// Redis start used to parse the same few script bodies again (a tenth of a seed's Lua time);
 /// loading the bytecode gives the same function without the parser. Bounded: past
 /// `COMPILED_MAX` bodies, new ones are compiled without being kept.
-static COMPILED: Mutex<BTreeMap<String, Result<Arc<[u8]>, String>>> = Mutex::new(BTreeMap::new());
+static COMPILED: Mutex<BTreeMap<String, Compiled>> = Mutex::new(BTreeMap::new());
+type Compiled = Result<Arc<[u8]>, String>;
 const COMPILED_MAX: usize = 4_096;
 
 /// The prelude's bytecode, compiled once per process.
