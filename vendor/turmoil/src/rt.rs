@@ -101,16 +101,23 @@ struct Idle {
     /// Simulated time the host has idled through without its runtime being
     /// driven; its clock catches up when the next tick starts.
     lag: Duration,
+
+    /// The runtime's metrics, for its queue depths (made once per runtime:
+    /// `Handle::metrics` clones the handle).
+    #[cfg(tokio_unstable)]
+    metrics: tokio::runtime::RuntimeMetrics,
 }
 
 impl Idle {
-    fn new() -> Self {
+    fn new(_tokio: &Runtime) -> Self {
         Idle {
             woken: Arc::new(AtomicBool::new(true)),
             clock: None,
             next_timer: None,
             wakers: None,
             lag: Duration::ZERO,
+            #[cfg(tokio_unstable)]
+            metrics: _tokio.metrics(),
         }
     }
 }
@@ -178,6 +185,7 @@ impl<'a> Rt<'a> {
         let (tokio, local) = init(&mut config);
 
         let handle = with(&tokio, &local, || tokio::task::spawn_local(client));
+        let idle = Idle::new(&tokio);
 
         Self {
             kind: Kind::Client,
@@ -186,7 +194,7 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
-            idle: Idle::new(),
+            idle,
         }
     }
 
@@ -199,6 +207,7 @@ impl<'a> Rt<'a> {
 
         let software: Software = Box::new(move || Box::pin(software()));
         let handle = with(&tokio, &local, || tokio::task::spawn_local(software()));
+        let idle = Idle::new(&tokio);
 
         Self {
             kind: Kind::Host { software },
@@ -207,13 +216,14 @@ impl<'a> Rt<'a> {
             nodename,
             handle: Some(handle),
             config,
-            idle: Idle::new(),
+            idle,
         }
     }
 
     pub(crate) fn no_software() -> Self {
         let mut config = Config::default();
         let (tokio, local) = init(&mut config);
+        let idle = Idle::new(&tokio);
 
         Self {
             kind: Kind::NoSoftware,
@@ -222,7 +232,7 @@ impl<'a> Rt<'a> {
             nodename: String::new().into(),
             handle: None,
             config,
-            idle: Idle::new(),
+            idle,
         }
     }
 
@@ -241,8 +251,19 @@ impl<'a> Rt<'a> {
     /// The host's time: its runtime's clock, plus the time it has idled
     /// through without being driven (see [`Rt::idle`]).
     pub(crate) fn now(&self) -> Instant {
+        // Between ticks the paused clock stands still: the one read when the
+        // last tick ended is still right.
+        #[cfg(tokio_unstable)]
+        if let Some(clock) = self.idle.clock {
+            return clock + self.idle.lag;
+        }
+        self.read_clock() + self.idle.lag
+    }
+
+    /// The runtime's clock, read from the runtime.
+    fn read_clock(&self) -> Instant {
         let _guard = self.tokio.enter();
-        Instant::now() + self.idle.lag
+        Instant::now()
     }
 
     /// Whether driving the runtime for `duration` would do nothing at all:
@@ -266,7 +287,7 @@ impl<'a> Rt<'a> {
             if self.idle.next_timer.is_some_and(|t| t <= clock + self.idle.lag + duration) {
                 return false;
             }
-            let metrics = self.tokio.handle().metrics();
+            let metrics = &self.idle.metrics;
             metrics.global_queue_depth() == 0 && metrics.worker_local_queue_depth(0) == 0
         }
         #[cfg(not(tokio_unstable))]
@@ -335,7 +356,7 @@ impl<'a> Rt<'a> {
         });
         #[cfg(tokio_unstable)]
         {
-            self.idle.clock = Some(self.now());
+            self.idle.clock = Some(self.read_clock());
             self.idle.next_timer = self.tokio.handle().next_timer_deadline();
         }
 
@@ -396,7 +417,7 @@ impl<'a> Rt<'a> {
 
         _ = mem::replace(&mut self.tokio, tokio);
         drop(mem::replace(&mut self.local, local));
-        self.idle = Idle::new();
+        self.idle = Idle::new(&self.tokio);
     }
 }
 
