@@ -444,13 +444,15 @@ impl<'a> Sim<'a> {
                     hosts,
                     ..
                 } = world.deref_mut();
-                topology.deliver_messages(rng, hosts.get_mut(&addr).expect("missing host"));
+                let host = hosts.get_mut(&addr).expect("missing host");
+                topology.deliver_messages(rng, host);
 
                 // A host with nothing to do until after this tick idles
                 // through it instead of being driven (see `Rt::can_idle`).
                 if rt.can_idle(tick) {
                     rt.idle(tick);
-                    world.tick(addr, tick);
+                    // As `World::tick`, without looking the host up again.
+                    host.timer.tick(tick);
                     if rt.is_client() {
                         is_finished = false;
                     }
