@@ -1800,6 +1800,7 @@ impl Builder {
                 // as it only configures how the I/O driver is stolen across
                 // workers.
                 enable_eager_driver_handoff: false,
+                busy_time: !self.start_paused,
                 seed_generator: seed_generator_1,
                 metrics_poll_count_histogram: self.metrics_poll_count_histogram_builder(),
                 track_task_schedule_latency: self.track_task_schedule_latency,
@@ -2220,6 +2221,7 @@ cfg_rt_multi_thread! {
                     unhandled_panic: self.unhandled_panic.clone(),
                     disable_lifo_slot: self.disable_lifo_slot,
                     enable_eager_driver_handoff: self.enable_eager_driver_handoff,
+                    busy_time: true,
                     seed_generator: seed_generator_1,
                     metrics_poll_count_histogram: self.metrics_poll_count_histogram_builder(),
                     track_task_schedule_latency: self.track_task_schedule_latency,

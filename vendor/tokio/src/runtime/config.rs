@@ -66,4 +66,11 @@ pub(crate) struct Config {
     /// from polling the I/O driver to polling its own tasks (requires
     /// `tokio_unstable`).
     pub(crate) enable_eager_driver_handoff: bool,
+
+    /// Whether workers measure their busy time with the wall clock
+    /// (`worker_total_busy_duration`). Not on a runtime whose clock starts
+    /// paused (a test, or a simulator driving many runtimes): there the wall
+    /// clock says nothing about the runtime's time, and reading it around
+    /// every batch of polls is most of what a batch costs. (orchsim patch 2)
+    pub(crate) busy_time: bool,
 }

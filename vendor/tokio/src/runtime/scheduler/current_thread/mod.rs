@@ -180,11 +180,15 @@ impl CurrentThread {
             local_tid,
         });
 
+        let mut metrics = MetricsBatch::new(&handle.shared.worker_metrics);
+        if !handle.shared.config.busy_time {
+            metrics = metrics.without_busy_time();
+        }
         let core = AtomicCell::new(Some(Box::new(Core {
             tasks: VecDeque::with_capacity(INITIAL_CAPACITY),
             tick: 0,
             driver: Some(driver),
-            metrics: MetricsBatch::new(&handle.shared.worker_metrics),
+            metrics,
             global_queue_interval,
             unhandled_panic: false,
         })));
