@@ -10,7 +10,7 @@ use super::commands::{self, arity_ok, lookup};
 use super::keyspace::Keyspace;
 use crate::resp::Reply;
 use mlua::chunk::ChunkMode;
-use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue, VmState};
+use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value as LuaValue, VmState};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -420,14 +420,27 @@ impl Scripting {
     pub fn run(&mut self, ks: &mut Keyspace, sha: &str, keys: &[Vec<u8>], argv: &[Vec<u8>]) -> Reply {
         let Some(f) = self.cache.get(sha).cloned() else { return Reply::err("NOSCRIPT No matching script. Please use EVAL.") };
         let lua = &self.lua;
-        let set_array = |name: &str, items: &[Vec<u8>]| -> mlua::Result<()> {
-            let t: Table = lua.create_table_with_capacity(items.len(), 0)?;
-            for (i, a) in items.iter().enumerate() {
-                t.raw_set(i + 1, lua.create_string(a)?)?;
-            }
-            lua.globals().raw_set(name, t)
+        // KEYS and ARGV as fresh global arrays, built on the Lua stack (mlua's table and string
+        // handles cost more than the copy itself).
+        // SAFETY: only stack operations on the state `exec_raw` hands over, within its 3 free
+        // slots (a table, a string, a key), leaving the stack as it was; a Lua error (out of
+        // memory) unwinds past borrowed slices only.
+        let set = unsafe {
+            lua.exec_raw::<()>((), |state| {
+                use mlua::ffi;
+                for (name, items) in [(c"KEYS", keys), (c"ARGV", argv)] {
+                    ffi::lua_createtable(state, items.len().try_into().unwrap_or(0), 0);
+                    for (i, a) in items.iter().enumerate() {
+                        ffi::lua_pushlstring(state, a.as_ptr().cast(), a.len());
+                        ffi::lua_rawseti(state, -2, (i + 1) as ffi::lua_Integer);
+                    }
+                    ffi::lua_pushstring(state, name.as_ptr());
+                    ffi::lua_insert(state, -2);
+                    ffi::lua_rawset(state, ffi::LUA_GLOBALSINDEX);
+                }
+            })
         };
-        if let Err(e) = set_array("KEYS", keys).and_then(|_| set_array("ARGV", argv)) {
+        if let Err(e) = set {
             return Reply::err(format!("ERR script arguments could not be set: {e}"));
         }
         lua.set_app_data(Ctx { ks: std::mem::take(ks), rand48: self.rand48, instructions: 0 });
